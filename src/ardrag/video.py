@@ -1,0 +1,120 @@
+"""Video and image I/O with OpenCV (decode) and OpenCV/Pillow (encode). Frames are uint8 (T, H, W, 3) RGB."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+class VideoReadError(RuntimeError):
+    """A video could not be opened or decoded."""
+
+
+def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
+    """Decode a video file to uint8 (T, H, W, 3) RGB frames and its frame rate (fps, 0 if unknown)."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise VideoReadError(f"cannot open video {path}")
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    frames = []
+    try:
+        while max_frames is None or len(frames) < max_frames:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    finally:
+        cap.release()
+    if not frames:
+        raise VideoReadError(f"no decodable frames in {path}")
+    return np.stack(frames), fps
+
+
+def decode_video_bytes(data: bytes, suffix: str = ".mp4") -> np.ndarray:
+    """Decode an in-memory video (e.g. a WebDataset ``.mp4`` field) to uint8 (T, H, W, 3) RGB."""
+    fd, tmp = tempfile.mkstemp(suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return read_video(tmp)[0]
+    finally:
+        os.unlink(tmp)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file to uint8 (H, W, 3) RGB; a clear error when it is not an image."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise VideoReadError(f"cannot read image {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def encode_mp4(frames: np.ndarray, fps: float = 16.0) -> bytes:
+    """Encode uint8 (T, H, W, 3) RGB frames as MP4 (mp4v) bytes; H and W must be even for most players."""
+    frames = _check_frames(frames)
+    fd, tmp = tempfile.mkstemp(suffix=".mp4")
+    os.close(fd)
+    try:
+        t, h, w, _ = frames.shape
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
+        if not writer.isOpened():
+            raise RuntimeError("OpenCV could not open an MP4 writer (mp4v)")
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        return Path(tmp).read_bytes()
+    finally:
+        os.unlink(tmp)
+
+
+def encode_gif(frames: np.ndarray, fps: float = 8.0) -> bytes:
+    """Encode uint8 (T, H, W, 3) RGB frames as an animated GIF."""
+    import io
+
+    from PIL import Image
+
+    frames = _check_frames(frames)
+    buf = io.BytesIO()
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return buf.getvalue()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file atomically (temp file in the same folder, then rename): readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0) -> Path:
+    """Write frames to ``.mp4`` or ``.gif`` (by suffix), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        data = encode_gif(frames, fps)
+    elif suffix in (".mp4", ".m4v", ".mov"):
+        data = encode_mp4(frames, fps)
+    else:
+        raise ValueError(f"unsupported video suffix {suffix!r}: use .mp4 or .gif")
+    atomic_write_bytes(path, data)
+    return path
