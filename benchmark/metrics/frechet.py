@@ -1,0 +1,95 @@
+"""Fréchet distance between two Gaussians, the core of FID and FVD.
+
+d^2 = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^{1/2})
+
+The trace of the matrix square root is the only delicate term. Two ways, both in float64:
+- ``"eigh"`` (default): with A = S1^{1/2} from a symmetric eigendecomposition, S1 S2 = A (A S2) has the same
+  eigenvalues as the symmetric PSD matrix A S2 A, so tr((S1 S2)^{1/2}) = sum sqrt(eig(A S2 A)). Negative
+  rounding-level eigenvalues are clipped at 0. Always real and finite, also for singular covariances (fewer
+  samples than dimensions).
+- ``"sqrtm"``: the classic TTUR / pytorch-fid route, ``scipy.linalg.sqrtm(S1 @ S2)``; when the result is not
+  finite, eps is added to both diagonals and it is retried; a small imaginary part (rounding) is dropped, a
+  large one falls back to ``"eigh"`` with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import scipy.linalg
+
+log = logging.getLogger(__name__)
+
+
+def _as_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    mu = np.atleast_1d(np.asarray(mu, dtype=np.float64))
+    sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float64))
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"{name}: expected mu (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{name}: mean or covariance contains NaN or infinity")
+    return mu, sigma
+
+
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric PSD square root via eigh; negative (rounding) eigenvalues are clipped at 0."""
+    vals, vecs = np.linalg.eigh((sigma + sigma.T) / 2)
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+
+
+def trace_sqrt_product(
+    sigma1: np.ndarray, sigma2: np.ndarray, method: str = "eigh", eps: float = 1e-6
+) -> float:
+    """tr((sigma1 sigma2)^{1/2}) for two PSD (D, D) covariances, in float64."""
+    if method == "eigh":
+        root1 = _psd_sqrt(sigma1)
+        middle = root1 @ sigma2 @ root1
+        vals = np.linalg.eigvalsh((middle + middle.T) / 2)
+        return float(np.sqrt(np.clip(vals, 0.0, None)).sum())
+    if method == "sqrtm":
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            log.warning("sqrtm(S1 S2) is not finite (singular product); adding %g to the diagonals", eps)
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        if np.iscomplexobj(covmean):
+            if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3) or not np.isfinite(covmean).all():
+                warnings.warn("sqrtm returned a large imaginary part; using the eigh route", stacklevel=2)
+                return trace_sqrt_product(sigma1, sigma2, method="eigh")
+            covmean = covmean.real
+        return float(np.trace(covmean))
+    raise ValueError(f"unknown method {method!r}; use 'eigh' or 'sqrtm'")
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, method: str = "eigh"
+) -> float:
+    """Squared Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (the FID/FVD value).
+
+    mu: (D,), sigma: (D, D), any float dtype (computed in float64). Returns a float >= 0: a result below 0
+    can only come from rounding (identical statistics) and is returned as 0.
+    """
+    mu1, sigma1 = _as_stats(mu1, sigma1, "first distribution")
+    mu2, sigma2 = _as_stats(mu2, sigma2, "second distribution")
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"dimension mismatch: {mu1.shape[0]} vs {mu2.shape[0]} features")
+    diff = mu1 - mu2
+    value = (
+        diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2, method)
+    )
+    return max(float(value), 0.0)
+
+
+def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and unbiased covariance (D, D) in float64 of features (N, D); needs N >= 2."""
+    feats = np.asarray(features, dtype=np.float64)
+    if feats.ndim != 2 or feats.shape[0] < 2:
+        raise ValueError(f"need features of shape (N >= 2, D) for a covariance, got {feats.shape}")
+    return feats.mean(axis=0), np.cov(feats, rowvar=False)
+
+
+def frechet_distance_from_features(feats1: np.ndarray, feats2: np.ndarray, method: str = "eigh") -> float:
+    """Fréchet distance between the Gaussians fitted to features (N1, D) and (N2, D)."""
+    return frechet_distance(*gaussian_stats(feats1), *gaussian_stats(feats2), method=method)
