@@ -1,0 +1,110 @@
+"""Conditions for frame-wise generation: trajectory heatmaps encoded like video, the reference latent and mask.
+
+Per latent frame m the backbone gets `cond_in_channels = 2 C + 1` extra channels (C = codec latent channels):
+  [trajectory latent (C) | reference-image latent at m = 0, zeros elsewhere (C) | mask: 1 at m = 0 (1)].
+The trajectory video is a Gaussian blob per visible point per frame, coloured by track index so that crossing
+tracks stay distinguishable, then encoded by the codec exactly like a video (as AR-Drag does).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ardrag.codecs import Codec
+
+# Distinct, saturated colours (RGB in [0, 1]) for track i % len(PALETTE).
+PALETTE = torch.tensor(
+    [
+        [1.0, 1.0, 1.0],
+        [1.0, 0.2, 0.2],
+        [0.2, 1.0, 0.2],
+        [0.3, 0.4, 1.0],
+        [1.0, 1.0, 0.2],
+        [1.0, 0.2, 1.0],
+        [0.2, 1.0, 1.0],
+        [1.0, 0.6, 0.1],
+    ]
+)
+
+
+def cond_channels(codec: Codec) -> int:
+    """Number of extra backbone input channels for this codec: trajectory + reference latents + mask."""
+    return 2 * codec.latent_channels + 1
+
+
+def trajectory_heatmaps(
+    tracks: torch.Tensor, visible: torch.Tensor | None, height: int, width: int, sigma: float = 2.0
+) -> torch.Tensor:
+    """Render trajectories as a video of coloured Gaussian blobs.
+
+    tracks: float (B, T, N, 2) (x, y) in pixels; visible: bool (B, T, N) or None (all visible); sigma in pixels.
+    Returns float (B, 3, T, H, W) in [0, 1] (overlapping blobs saturate at 1).
+    """
+    if tracks.ndim != 4 or tracks.shape[-1] != 2:
+        raise ValueError(f"tracks must be (B, T, N, 2), got {tuple(tracks.shape)}")
+    b, t, n, _ = tracks.shape
+    dev = tracks.device
+    ys = torch.arange(height, device=dev, dtype=torch.float32).view(1, 1, 1, height, 1)
+    xs = torch.arange(width, device=dev, dtype=torch.float32).view(1, 1, 1, 1, width)
+    px = tracks[..., 0].float().view(b, t, n, 1, 1)
+    py = tracks[..., 1].float().view(b, t, n, 1, 1)
+    blobs = torch.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2 * sigma**2))  # (B, T, N, H, W)
+    if visible is not None:
+        blobs = blobs * visible.to(blobs.dtype).view(b, t, n, 1, 1)
+    colours = PALETTE.to(dev)[torch.arange(n, device=dev) % len(PALETTE)]  # (N, 3)
+    video = torch.einsum("btnhw,nc->bcthw", blobs, colours)
+    return video.clamp(0, 1)
+
+
+def image_to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (H, W, 3) RGB -> float (3, H, W) in [-1, 1]."""
+    x = torch.as_tensor(np.asarray(image))
+    if x.ndim != 3 or x.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3) RGB, got {tuple(x.shape)}")
+    return x.permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def video_to_uint8(video: torch.Tensor) -> np.ndarray:
+    """float (3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
+    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+class Conditioner:
+    """Builds the backbone's condition channels from reference images and trajectories (training and inference).
+
+    `heatmap_sigma` is in pixels of the generated video. Shapes: reference (B, 3, H, W) in [-1, 1]; tracks
+    (B, T, N, 2) pixels; visible (B, T, N) bool; T video frames (T must be a valid frame count for the codec).
+    """
+
+    def __init__(self, codec: Codec, heatmap_sigma: float = 2.0) -> None:
+        self.codec = codec
+        self.heatmap_sigma = heatmap_sigma
+
+    @property
+    def channels(self) -> int:
+        return cond_channels(self.codec)
+
+    @torch.no_grad()
+    def trajectory_latents(self, tracks: torch.Tensor, visible: torch.Tensor | None, height: int, width: int):
+        heat = trajectory_heatmaps(tracks, visible, height, width, self.heatmap_sigma)
+        return self.codec.encode(heat * 2 - 1)  # encoded like a video in [-1, 1]
+
+    @torch.no_grad()
+    def reference_latent(self, reference: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, C, 1, h, w): the image encoded as a one-frame video."""
+        return self.codec.encode(reference[:, :, None])
+
+    @torch.no_grad()
+    def __call__(self, reference: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+        """Condition channels (B, 2C + 1, F, h, w)."""
+        _, _, height, width = reference.shape
+        traj = self.trajectory_latents(tracks, visible, height, width)
+        ref = self.reference_latent(reference).to(traj.dtype)
+        b, _, f, h, w = traj.shape
+        ref_full = torch.zeros_like(traj)
+        ref_full[:, :, :1] = ref
+        mask = torch.zeros(b, 1, f, h, w, dtype=traj.dtype, device=traj.device)
+        mask[:, :, 0] = 1.0
+        return torch.cat([traj, ref_full, mask], dim=1)

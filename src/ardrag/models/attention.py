@@ -1,0 +1,162 @@
+"""Frame-level attention masks and the rolling per-layer KV cache of frame-wise autoregressive generation.
+
+Everything here works at the granularity of latent frames: a frame is `tokens_per_frame` consecutive tokens.
+The masked full-sequence forward and the cached forward use the same rule (`frame_visible`), which is what makes
+cached generation equal to the masked forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class CausalConfig:
+    """How frames see each other in causal (student) mode."""
+
+    chunk_size: int = 1
+    """Latent frames generated together; frames inside a chunk attend to each other (1: frame-wise, AR-Drag)."""
+    cache_frames: int = 7
+    """Past latent frames a frame may attend to (the KV cache window, sinks included)."""
+    sink_frames: int = 0
+    """The first `sink_frames` frames stay in the window forever (attention sink); must be < cache_frames."""
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.cache_frames < 1:
+            raise ValueError(f"cache_frames must be >= 1, got {self.cache_frames}")
+        if not 0 <= self.sink_frames < self.cache_frames:
+            raise ValueError(f"sink_frames must be in [0, cache_frames), got {self.sink_frames}")
+
+    def context_frames(self, chunk_start: int) -> list[int]:
+        """Absolute indices of past frames visible to the chunk that starts at `chunk_start`."""
+        recent = self.cache_frames - self.sink_frames
+        sinks = list(range(min(self.sink_frames, chunk_start)))
+        first_recent = max(len(sinks), chunk_start - recent)
+        return sinks + list(range(first_recent, chunk_start))
+
+
+def frame_visible(q_pos: torch.Tensor, k_pos: torch.Tensor, cfg: CausalConfig | None) -> torch.Tensor:
+    """Boolean (Fq, Fk): may a query frame at absolute position q_pos see a key frame at k_pos.
+
+    `cfg=None` is bidirectional attention. Causal: same chunk, or a past frame inside the window (with sinks).
+    """
+    if cfg is None:
+        return torch.ones(len(q_pos), len(k_pos), dtype=torch.bool, device=q_pos.device)
+    q_chunk = torch.div(q_pos, cfg.chunk_size, rounding_mode="floor")[:, None]
+    k_chunk = torch.div(k_pos, cfg.chunk_size, rounding_mode="floor")[None, :]
+    q_start = q_chunk * cfg.chunk_size
+    k = k_pos[None, :]
+    past = k < q_start
+    in_window = (k >= q_start - (cfg.cache_frames - cfg.sink_frames)) | (k < cfg.sink_frames)
+    return (q_chunk == k_chunk) | (past & in_window)
+
+
+def causal_frame_mask(num_frames: int, cfg: CausalConfig, device: torch.device | None = None) -> torch.Tensor:
+    """(F, F) block-causal frame mask for the plain training layout (all frames noisy or all clean)."""
+    pos = torch.arange(num_frames, device=device)
+    return frame_visible(pos, pos, cfg)
+
+
+def teacher_forcing_frame_mask(
+    num_frames: int, cfg: CausalConfig, device: torch.device | None = None
+) -> torch.Tensor:
+    """(2F, 2F) frame mask for the teacher-forcing layout [clean frames | noisy frames].
+
+    Clean frame j sees clean frames by the causal rule (exactly what filled the KV cache at inference); noisy frame
+    i sees its own chunk among the noisy frames and the clean past frames of the window (what the cache holds
+    while frame i is denoised). Positions (for RoPE) of clean and noisy frame i are both i.
+    """
+    pos = torch.arange(num_frames, device=device)
+    vis = frame_visible(pos, pos, cfg)
+    chunk = torch.div(pos, cfg.chunk_size, rounding_mode="floor")
+    same_chunk = chunk[:, None] == chunk[None, :]
+    mask = torch.zeros(2 * num_frames, 2 * num_frames, dtype=torch.bool, device=device)
+    mask[:num_frames, :num_frames] = vis  # clean -> clean
+    mask[num_frames:, :num_frames] = vis & ~same_chunk  # noisy -> clean past (window)
+    mask[num_frames:, num_frames:] = same_chunk  # noisy -> own chunk
+    return mask
+
+
+def expand_frame_mask(frame_mask: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+    """(Fq, Fk) frame mask -> (Fq*T, Fk*T) token mask for scaled_dot_product_attention."""
+    return frame_mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+
+
+@dataclass
+class LayerKV:
+    """Rotated keys and values of cached frames for one layer: (B, heads, frames*tokens, head_dim)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+@dataclass
+class KVCache:
+    """Per-layer rolling KV cache over latent frames.
+
+    Holds the keys/values (RoPE already applied at their absolute positions) of clean frames written with
+    `write=True` forwards. `frames` lists the absolute frame index of each cached frame; frames that can never be
+    visible again (outside window and not sinks) are evicted on write.
+    """
+
+    cfg: CausalConfig
+    tokens_per_frame: int
+    layers: list[LayerKV | None] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, num_layers: int, cfg: CausalConfig, tokens_per_frame: int) -> KVCache:
+        return cls(cfg=cfg, tokens_per_frame=tokens_per_frame, layers=[None] * num_layers, frames=[])
+
+    @property
+    def next_frame(self) -> int:
+        return self.frames[-1] + 1 if self.frames else 0
+
+    def visible_index(self, chunk_start: int) -> list[int]:
+        """Positions inside the cache (not absolute) of the frames visible to a chunk starting at chunk_start."""
+        wanted = set(self.cfg.context_frames(chunk_start))
+        return [i for i, f in enumerate(self.frames) if f in wanted]
+
+    def gather(self, layer: int, chunk_start: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Cached (k, v) of `layer` visible to the chunk starting at `chunk_start`, or None when empty."""
+        kv = self.layers[layer]
+        if kv is None:
+            return None
+        idx = self.visible_index(chunk_start)
+        if not idx:
+            return None
+        if len(idx) == len(self.frames):
+            return kv.k, kv.v
+        t = self.tokens_per_frame
+        tok = torch.cat([torch.arange(i * t, (i + 1) * t) for i in idx]).to(kv.k.device)
+        return kv.k.index_select(2, tok), kv.v.index_select(2, tok)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Append new frames' keys/values for one layer (bookkeeping of `frames` is done by `commit`)."""
+        kv = self.layers[layer]
+        self.layers[layer] = LayerKV(k, v) if kv is None else LayerKV(torch.cat([kv.k, k], 2), torch.cat([kv.v, v], 2))
+
+    def commit(self, new_frames: list[int]) -> None:
+        """Record the frames just appended to every layer, then evict frames no future chunk can see."""
+        self.frames.extend(new_frames)
+        future = self.frames[-1] + 1
+        keep_abs = set(self.cfg.context_frames(future))
+        # a future chunk may start later than `future` only by generating further frames, which only moves the
+        # window forward, so frames outside the window for `future` are never visible again.
+        keep = [i for i, f in enumerate(self.frames) if f in keep_abs]
+        if len(keep) == len(self.frames):
+            return
+        t = self.tokens_per_frame
+        for li, kv in enumerate(self.layers):
+            if kv is None:
+                continue
+            tok = torch.cat([torch.arange(i * t, (i + 1) * t) for i in keep]).to(kv.k.device)
+            self.layers[li] = LayerKV(kv.k.index_select(2, tok), kv.v.index_select(2, tok))
+        self.frames = [self.frames[i] for i in keep]
+
+    def num_cached_frames(self) -> int:
+        return len(self.frames)

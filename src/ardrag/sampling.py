@@ -1,0 +1,309 @@
+"""Flow-matching schedule, ODE/SDE steps and the frame-wise autoregressive rollout.
+
+Notation (DESIGN.md): sigma s in [0, 1], x_s = (1 - s) x0 + s eps, the model predicts v ~ eps - x0,
+timestep t = 1000 s. One rollout loop serves inference (`ARDragPipeline`), Self-Rollout training (gradient at one
+step per chunk) and GRPO (one SDE step per chunk carrying a log-probability).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ardrag.models.attention import CausalConfig, KVCache, frame_visible
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def shift_sigma(sigma: torch.Tensor | float, shift: float) -> torch.Tensor:
+    """Wan / SD3 timestep shift: s' = k s / (1 + (k - 1) s)."""
+    s = torch.as_tensor(sigma, dtype=torch.float64)
+    return shift * s / (1 + (shift - 1) * s)
+
+
+@dataclass
+class FlowSchedule:
+    """Few-step denoising schedule. Explicit `timesteps` are used as given (the paper's 1000, 755, 522 are already
+    warped); otherwise `num_steps` uniform sigmas from 1 are warped by `shift`. The schedule always ends at 0."""
+
+    timesteps: list[float] | None = field(default_factory=lambda: [1000.0, 755.0, 522.0])
+    """Timesteps in (0, 1000], decreasing; None to use num_steps + shift."""
+    num_steps: int = 3
+    """Used only when timesteps is None."""
+    shift: float = 1.0
+    """Timestep shift k applied to the uniform schedule (Wan uses 5 at 480p for 50 steps; CausVid 8)."""
+
+    def __post_init__(self) -> None:
+        if self.timesteps is not None:
+            ts = [float(t) for t in self.timesteps]
+            if not ts or any(not 0 < t <= NUM_TRAIN_TIMESTEPS for t in ts):
+                raise ValueError(f"timesteps must be non-empty and in (0, 1000], got {self.timesteps}")
+            if any(b >= a for a, b in zip(ts, ts[1:])):
+                raise ValueError(f"timesteps must be strictly decreasing, got {self.timesteps}")
+            self.timesteps = ts
+        elif self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.shift <= 0:
+            raise ValueError(f"shift must be > 0, got {self.shift}")
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps) if self.timesteps is not None else self.num_steps
+
+    def sigmas(self) -> torch.Tensor:
+        """(N + 1,) float32 sigmas, decreasing, last = 0."""
+        if self.timesteps is not None:
+            s = torch.tensor(self.timesteps, dtype=torch.float64) / NUM_TRAIN_TIMESTEPS
+        else:
+            s = shift_sigma(torch.linspace(1.0, 0.0, self.num_steps + 1, dtype=torch.float64)[:-1], self.shift)
+        return torch.cat([s, s.new_zeros(1)]).float()
+
+
+def ode_step(x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """Euler step of dx/ds = v from s to s_next (exact on straight flow paths)."""
+    return (x.float() + (sigma_next - sigma) * v.float()).to(x.dtype)
+
+
+@dataclass
+class SDEStep:
+    """Result of a stochastic step: sample, its log-probability (B,), the Gaussian's mean and std (float32)."""
+
+    sample: torch.Tensor
+    log_prob: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def sde_std(sigma: float, sigma_next: float, noise_level: float) -> float:
+    """Flow-GRPO's std_t = a sqrt(s / (1 - s)); at s = 1 the next sigma replaces s in (1 - s) to stay finite."""
+    denom_sigma = sigma_next if sigma >= 1.0 else sigma
+    return noise_level * math.sqrt(sigma / (1.0 - denom_sigma))
+
+
+def sde_step(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    sigma: float,
+    sigma_next: float,
+    noise_level: float = 0.7,
+    generator: torch.Generator | None = None,
+    prev_sample: torch.Tensor | None = None,
+) -> SDEStep:
+    """Flow-GRPO SDE step with a Gaussian log-probability, in float32 (DESIGN.md formula).
+
+    mean = x (1 + std^2 dt / (2 s)) + v (1 + std^2 (1 - s) / (2 s)) dt, x' = mean + std sqrt(-dt) eps,
+    dt = s_next - s < 0. If `prev_sample` is given it is scored instead of sampled (GRPO's ratio). log_prob is the
+    Gaussian log density averaged over all non-batch elements (Flow-GRPO's reduction), shape (B,).
+    """
+    if not sigma > sigma_next >= 0:
+        raise ValueError(f"need sigma > sigma_next >= 0, got {sigma}, {sigma_next}")
+    x32, v32 = x.float(), v.float()
+    dt = sigma_next - sigma
+    std = sde_std(sigma, sigma_next, noise_level)
+    mean = x32 * (1 + std**2 * dt / (2 * sigma)) + v32 * (1 + std**2 * (1 - sigma) / (2 * sigma)) * dt
+    scale = std * math.sqrt(-dt)
+    if prev_sample is None:
+        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        prev_sample = mean + scale * eps
+    prev32 = prev_sample.detach().float()
+    log_prob = -((prev32 - mean) ** 2) / (2 * scale**2) - math.log(scale) - 0.5 * math.log(2 * math.pi)
+    log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
+    return SDEStep(prev_sample.to(x.dtype), log_prob, mean, torch.tensor(scale))
+
+
+def sde_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:
+    """KL between two Gaussian SDE steps with the same std: ||mean - mean_ref||^2 / (2 std^2), averaged (B,)."""
+    kl = (mean.float() - mean_ref.float()) ** 2 / (2 * torch.as_tensor(std, dtype=torch.float32) ** 2)
+    return kl.mean(dim=tuple(range(1, kl.ndim)))
+
+
+# ---------------------------------------------------------------------------- conditioning of the denoiser
+@dataclass
+class Conditions:
+    """Everything the backbone is conditioned on, for B videos of F latent frames.
+
+    context: (B, L, text_dim) text embeddings; negative_context: same shape, for classifier-free guidance;
+    cond: (B, Cc, F, h, w) extra channels (trajectory latents, reference latent, mask), may be replaced for frames
+    not yet generated while streaming; image_context: optional CLIP tokens (B, 257, image_dim).
+    """
+
+    context: torch.Tensor
+    cond: torch.Tensor | None = None
+    negative_context: torch.Tensor | None = None
+    image_context: torch.Tensor | None = None
+
+    def cond_slice(self, start: int, stop: int) -> torch.Tensor | None:
+        return None if self.cond is None else self.cond[:, :, start:stop]
+
+
+class Denoiser:
+    """The backbone bound to conditions and guidance: velocity of a chunk at given timesteps.
+
+    With guidance_scale != 1 the batch is doubled [cond | uncond] (negative prompt as the unconditional text), so
+    the KV cache holds 2B rows; v = v_uncond + g (v_cond - v_uncond).
+    """
+
+    def __init__(self, model: torch.nn.Module, conditions: Conditions, guidance_scale: float = 1.0) -> None:
+        self.model = model
+        self.c = conditions
+        self.guidance_scale = guidance_scale
+        if self.guided and conditions.negative_context is None:
+            raise ValueError("guidance_scale != 1 needs a negative_context (embed the negative prompt)")
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale != 1.0
+
+    def _inputs(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None):
+        ctx, img = self.c.context, self.c.image_context
+        if not self.guided:
+            return x, t, ctx, cond, img
+        two = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
+        return two(x), two(t), torch.cat([ctx, self.c.negative_context]), two(cond), two(img)
+
+    def _combine(self, v: torch.Tensor) -> torch.Tensor:
+        if not self.guided:
+            return v
+        v_c, v_u = v.chunk(2)
+        return v_u + self.guidance_scale * (v_c - v_u)
+
+    def cached(self, x: torch.Tensor, t: torch.Tensor, cache: KVCache, start: int, write: bool = False):
+        cond = self.c.cond_slice(start, start + x.shape[2])
+        x2, t2, ctx, cond2, img = self._inputs(x, t, cond)
+        v = self.model.forward_cached(x2, t2, ctx, cache, start, cond=cond2, encoder_hidden_states_image=img, write=write)
+        return self._combine(v)
+
+    def masked(self, context_frames: torch.Tensor | None, x: torch.Tensor, t: torch.Tensor, start: int,
+               causal: CausalConfig, context_t: float):
+        """Reference path without a cache: [all clean frames so far | current chunk] under the causal mask."""
+        c = x.shape[2]
+        if context_frames is None or context_frames.shape[2] == 0:
+            seq, tt = x, t
+        else:
+            seq = torch.cat([context_frames, x], dim=2)
+            tt = torch.cat([torch.full_like(t[:, :1], context_t).expand(-1, start), t], dim=1)
+        cond = self.c.cond_slice(0, start + c)
+        seq2, tt2, ctx, cond2, img = self._inputs(seq, tt, cond)
+        pos = torch.arange(start + c, device=x.device)
+        mask = frame_visible(pos, pos, causal)
+        v = self.model(seq2, tt2, ctx, cond=cond2, encoder_hidden_states_image=img, positions=pos, frame_mask=mask)
+        return self._combine(v[:, :, start:])
+
+    def full(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Bidirectional forward over all frames (the teacher / initial model)."""
+        x2, t2, ctx, cond2, img = self._inputs(x, t, self.c.cond)
+        return self._combine(self.model(x2, t2, ctx, cond=cond2, encoder_hidden_states_image=img))
+
+
+# ---------------------------------------------------------------------------- the frame-wise rollout
+@dataclass
+class ChunkResult:
+    """One finished chunk of latent frames [start, start + c).
+
+    clean: the clean latents written to the cache (no gradient); grad_x0: the x0-prediction at the step chosen for
+    gradient (Self-Rollout), else None; sde_step: index of the SDE step in this chunk (-1 none); log_prob (B,) and
+    sde_prev / sde_sample / sde_mean: the state, action and Gaussian mean of that step (for GRPO).
+    """
+
+    start: int
+    clean: torch.Tensor
+    grad_x0: torch.Tensor | None = None
+    grad_step: int = -1
+    sde_step: int = -1
+    log_prob: torch.Tensor | None = None
+    sde_prev: torch.Tensor | None = None
+    sde_sample: torch.Tensor | None = None
+    sde_mean: torch.Tensor | None = None
+
+
+@dataclass
+class RolloutConfig:
+    """Frame-wise AR sampling knobs (the numbers that define the method live here, not in loops)."""
+
+    schedule: FlowSchedule = field(default_factory=FlowSchedule)
+    causal: CausalConfig = field(default_factory=CausalConfig)
+    context_timestep: float = 0.0
+    """Timestep at which clean frames are written to the cache (0, or a small context noise level)."""
+    noise_level: float = 0.7
+    """SDE noise level a (Flow-GRPO) for the selected stochastic step."""
+    guidance_scale: float = 1.0
+    use_kv_cache: bool = True
+    """False: recompute the context with the masked full-sequence forward at every step (reference mode)."""
+
+
+def iter_rollout(
+    denoiser: Denoiser,
+    noise: torch.Tensor,
+    cfg: RolloutConfig,
+    sde_steps: list[int] | None = None,
+    grad_steps: list[int] | None = None,
+    generator: torch.Generator | None = None,
+    on_chunk_start: Callable[[int], None] | None = None,
+) -> Iterator[ChunkResult]:
+    """Generate latent frames chunk by chunk from `noise` (B, C, F, h, w), yielding each chunk when clean.
+
+    Per chunk m, x <- noise_m; for n in 0..N-1: x <- step(x, n) where step n is the Flow-GRPO SDE step when
+    n == sde_steps[m] (else the Euler ODE step), and carries gradient only when n == grad_steps[m] (Self-Rollout).
+    The clean result of all N steps is written to the KV cache by one forward at `context_timestep`, so later
+    chunks condition only on self-generated frames, exactly as at inference. `on_chunk_start(start)` runs before a
+    chunk (the streaming pipeline swaps conditions there).
+    """
+    b, _, num_frames, h, w = noise.shape
+    c = cfg.causal.chunk_size
+    sig = cfg.schedule.sigmas().tolist()
+    n_steps = len(sig) - 1
+    n_chunks = math.ceil(num_frames / c)
+    for name, steps in (("sde_steps", sde_steps), ("grad_steps", grad_steps)):
+        if steps is not None and (len(steps) != n_chunks or any(not -1 <= s < n_steps for s in steps)):
+            raise ValueError(f"{name} needs {n_chunks} entries in [-1, {n_steps}), got {steps}")
+    model = denoiser.model
+    cache = model.new_cache(cfg.causal, h, w) if cfg.use_kv_cache else None
+    clean_so_far: list[torch.Tensor] = []
+    for m in range(n_chunks):
+        start = m * c
+        stop = min(start + c, num_frames)
+        if on_chunk_start is not None:
+            on_chunk_start(start)
+        x = noise[:, :, start:stop]
+        res = ChunkResult(start=start, clean=x)
+        for n in range(n_steps):
+            s, s_next = sig[n], sig[n + 1]
+            t = torch.full((b, stop - start), s * NUM_TRAIN_TIMESTEPS, device=x.device)
+            with_grad = grad_steps is not None and grad_steps[m] == n
+            with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+                if cache is not None:
+                    v = denoiser.cached(x, t, cache, start)
+                else:
+                    ctx = torch.cat(clean_so_far, dim=2) if clean_so_far else None
+                    v = denoiser.masked(ctx, x, t, start, cfg.causal, cfg.context_timestep)
+                if with_grad:
+                    res.grad_x0, res.grad_step = x - s * v, n
+                if sde_steps is not None and sde_steps[m] == n:
+                    out = sde_step(x, v, s, s_next, cfg.noise_level, generator=generator)
+                    res.sde_step, res.log_prob, res.sde_prev = n, out.log_prob, x.detach()
+                    res.sde_sample, res.sde_mean = out.sample.detach(), out.mean
+                    x_next = out.sample
+                else:
+                    x_next = ode_step(x, v, s, s_next)
+            x = x_next.detach()
+        res.clean = x
+        clean_so_far.append(x)
+        if cache is not None:
+            with torch.no_grad():
+                t0 = torch.full((b, stop - start), cfg.context_timestep, device=x.device)
+                denoiser.cached(x, t0, cache, start, write=True)
+        yield res
+
+
+def sample_bidirectional(denoiser: Denoiser, noise: torch.Tensor, schedule: FlowSchedule) -> torch.Tensor:
+    """N-step Euler sampler over all frames at once (the bidirectional teacher and the initial model)."""
+    sig = schedule.sigmas().tolist()
+    x = noise
+    b, f = noise.shape[0], noise.shape[2]
+    for n in range(len(sig) - 1):
+        t = torch.full((b, f), sig[n] * NUM_TRAIN_TIMESTEPS, device=noise.device)
+        x = ode_step(x, denoiser.full(x, t), sig[n], sig[n + 1])
+    return x
