@@ -254,7 +254,7 @@ def expand_shards(urls_or_paths: str | os.PathLike | Iterable[str | os.PathLike]
     """Shard list from a directory (all ``*.tar`` inside, sorted), glob(s), brace patterns or paths.
 
     Raises:
-        FileNotFoundError: when nothing matches (the message names what was looked for).
+        FileNotFoundError: when a local path does not exist or nothing matches (the message names it).
     """
     items = [urls_or_paths] if isinstance(urls_or_paths, (str, os.PathLike)) else list(urls_or_paths)
     out: list[str] = []
@@ -266,8 +266,10 @@ def expand_shards(urls_or_paths: str | os.PathLike | Iterable[str | os.PathLike]
             out += wds.shardlists.expand_urls(s)
         elif any(c in s for c in "*?["):
             out += sorted(glob.glob(s))
-        else:
+        elif "://" in s or s.startswith("pipe:") or os.path.isfile(s):
             out.append(s)
+        else:
+            raise FileNotFoundError(f"no shard file or folder at {s}")
     if not out:
         raise FileNotFoundError(f"no shards found in {items}")
     return out

@@ -256,7 +256,8 @@ def render_clip(
     visible &= (x >= 0) & (x <= s - 1) & (y >= 0) & (y <= s - 1)
 
     words = [
-        f"a {sp['color']}{'' if sp['texture'] == 'plain' else ' ' + sp['texture']} {sp['shape']}"
+        f"{'an' if sp['color'][0] in 'aeiou' else 'a'} {sp['color']}"
+        f"{'' if sp['texture'] == 'plain' else ' ' + sp['texture']} {sp['shape']}"
         for sp in sprites
     ]
     prompt = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]

@@ -84,7 +84,7 @@ def test_clip_statistics_match_the_spec():
         assert np.abs(np.diff(speed, axis=0)).max() < 2.0
         radii = [s["radius"] for s in c.meta["sprites"]]
         assert min(radii) >= 6 and max(radii) <= 10
-        assert (owner >= -1).all() and c.meta["prompt"].startswith("a ")
+        assert (owner >= -1).all() and c.meta["prompt"].startswith(("a ", "an "))
     # Distinct clips across splits with the same index.
     a, b = render_clip(clip_seed(0, "train", 0)), render_clip(clip_seed(0, "val", 0))
     assert not np.array_equal(a.video, b.video)
