@@ -67,20 +67,28 @@ class StaticMethod(Method):
 
 
 def warp_image_along_tracks(
-    image: np.ndarray, tracks: np.ndarray, visible: np.ndarray | None = None, sigma: float | None = None
+    image: np.ndarray,
+    tracks: np.ndarray,
+    visible: np.ndarray | None = None,
+    radius: float | None = None,
+    sigma: float | None = None,
 ) -> np.ndarray:
     """Warp ``image`` along sparse trajectories: uint8 (H, W, 3), (T, N, 2) pixels -> uint8 (T, H, W, 3).
 
-    Frame t samples the image at p + D_t(p), where D_t is the Gaussian-weighted (``sigma`` px, default 8% of
-    the diagonal) average of the displacements back to the start, ``tracks[0, n] - tracks[t, n]``, of the
-    points visible at 0 and t, placed at their frame-t positions. The weights are normalised by max(1, sum), so
-    a point's own neighbourhood moves exactly with it and the field fades to 0 (no motion) far from points.
+    Frame t samples the image at p + D_t(p), where D_t is a weighted average of the displacements back to the
+    start, ``tracks[0, n] - tracks[t, n]``, of the points visible at 0 and t, placed at their frame-t positions.
+    A point's weight is 1 within ``radius`` px (default 10% of the diagonal: a rigid patch around the point, as
+    a dragged object moves as a whole) and falls off as a Gaussian of width ``sigma`` px beyond (default 5%).
+    Weights are normalised by max(1, sum), so a lone point's patch moves exactly with it and the field fades to
+    0 (no motion) far from all points.
     """
     image = np.asarray(image, np.uint8)
     h, w = image.shape[:2]
     tracks = np.asarray(tracks, np.float32)
     visible = np.ones(tracks.shape[:2], bool) if visible is None else np.asarray(visible, bool)
-    sigma = float(sigma or 0.08 * np.hypot(h, w))
+    diag = float(np.hypot(h, w))
+    radius = float(0.10 * diag if radius is None else radius)
+    sigma = float(0.05 * diag if sigma is None else sigma)
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     frames = [image]
     for t in range(1, tracks.shape[0]):
@@ -90,10 +98,8 @@ def warp_image_along_tracks(
             continue
         pt = tracks[t, ok]  # (K, 2)
         d = tracks[0, ok] - pt  # displacement back to the source
-        wgt = np.exp(
-            -((xs[None] - pt[:, 0, None, None]) ** 2 + (ys[None] - pt[:, 1, None, None]) ** 2)
-            / (2 * sigma**2)
-        )
+        dist = np.sqrt((xs[None] - pt[:, 0, None, None]) ** 2 + (ys[None] - pt[:, 1, None, None]) ** 2)
+        wgt = np.exp(-(np.maximum(dist - radius, 0.0) ** 2) / (2 * sigma**2))
         norm = np.maximum(wgt.sum(0), 1.0)
         fx = (wgt * d[:, 0, None, None]).sum(0) / norm
         fy = (wgt * d[:, 1, None, None]).sum(0) / norm
@@ -106,23 +112,25 @@ class WarpMethod(Method):
 
     spec, deterministic = "warp", True
 
-    def __init__(self, sigma: float | None = None) -> None:
-        self.sigma = sigma
+    def __init__(self, radius: float | None = None, sigma: float | None = None) -> None:
+        self.radius, self.sigma = radius, sigma
 
     def generate(self, item: dict[str, Any], seed: int) -> np.ndarray:
         t = int(item["num_frames"])
-        return warp_image_along_tracks(item["image"], item["tracks"][:t], item["visible"][:t], self.sigma)
+        return warp_image_along_tracks(
+            item["image"], item["tracks"][:t], item["visible"][:t], self.radius, self.sigma
+        )
 
     def stream(self, item: dict[str, Any], seed: int) -> Iterator[np.ndarray]:
         # frame by frame, so time to first frame is that of the first frame only
         t = int(item["num_frames"])
         for i in range(t):
             yield warp_image_along_tracks(
-                item["image"], item["tracks"][[0, i]], item["visible"][[0, i]], self.sigma
+                item["image"], item["tracks"][[0, i]], item["visible"][[0, i]], self.radius, self.sigma
             )[-1]
 
     def identity(self) -> dict[str, Any]:
-        return {"spec": self.spec, "sigma": self.sigma}
+        return {"spec": self.spec, "radius": self.radius, "sigma": self.sigma}
 
 
 class GroundTruthMethod(Method):
@@ -184,29 +192,19 @@ def folder_fingerprint(folder: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def fit_conditions(
-    item: dict[str, Any], height: int, width: int, num_frames: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The item's image and tracks at a generator's size: image resized to (height, width), tracks rescaled
-    and trimmed, or padded by holding the last position, to ``num_frames``."""
-    image = np.asarray(item["image"], np.uint8)
-    h, w = image.shape[:2]
-    if (h, w) != (height, width):
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    tracks = np.asarray(item["tracks"], np.float32) * np.array([width / w, height / h], np.float32)
-    visible = np.asarray(item["visible"], bool)
-    if len(tracks) >= num_frames:
-        return image, tracks[:num_frames], visible[:num_frames]
-    pad = num_frames - len(tracks)
-    tracks = np.concatenate([tracks, np.repeat(tracks[-1:], pad, 0)])
-    visible = np.concatenate([visible, np.repeat(visible[-1:], pad, 0)])
-    return image, tracks, visible
-
-
 class PipelineMethod(Method):
-    """An exported ardrag pipeline folder (``ARDragPipeline.from_pretrained``), AR or bidirectional."""
+    """An exported ardrag pipeline folder (``ARDragPipeline.from_pretrained``), AR or bidirectional.
+
+    ``options`` whose name is a field of the pipeline's config (e.g. ``num_steps``, ``timesteps``,
+    ``cache_frames``) override it -- e.g. the teacher with N steps is ``{timesteps: null, num_steps: N}``;
+    any other option is passed to every pipeline call. The image and tracks are given in the item's pixels;
+    the pipeline resizes to its own resolution. Tracks longer than ``pipe.num_frames`` (when the pipeline
+    has that attribute) are trimmed.
+    """
 
     def __init__(self, folder: str | Path, options: dict[str, Any] | None = None) -> None:
+        import dataclasses
+
         from ardrag import ARDragPipeline  # lazy: pipeline code is only needed for this method
 
         self.folder = Path(folder)
@@ -214,20 +212,30 @@ class PipelineMethod(Method):
             raise FileNotFoundError(f"pipeline: folder {self.folder} does not exist")
         self.options = dict(options or {})
         self.pipe = ARDragPipeline.from_pretrained(str(self.folder))
+        cfg = getattr(self.pipe, "config", None)
+        fields = {f.name for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else set()
+        overrides = {k: v for k, v in self.options.items() if k in fields}
+        self.call_options = {k: v for k, v in self.options.items() if k not in fields}
+        if overrides:
+            self.pipe.config = dataclasses.replace(cfg, **overrides)
         self.spec = f"pipeline:{self.folder}"
 
     def _kwargs(self, fn: Any, item: dict[str, Any], seed: int) -> dict[str, Any]:
-        kw = {"prompt": item.get("prompt", ""), "seed": seed, **self.options}
+        kw = {"prompt": item.get("prompt", ""), "seed": seed, **self.call_options}
         try:
-            params = inspect.signature(fn).parameters
-            if "negative_prompt" in params:
-                kw["negative_prompt"] = item.get("negative_prompt", "")
+            if "negative_prompt" in inspect.signature(fn).parameters and item.get("negative_prompt"):
+                kw["negative_prompt"] = item["negative_prompt"]
         except (TypeError, ValueError):
             pass
         return kw
 
     def _conditions(self, item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return fit_conditions(item, self.pipe.height, self.pipe.width, self.pipe.num_frames)
+        t = min(int(item["num_frames"]), int(getattr(self.pipe, "num_frames", None) or 10**9))
+        return (
+            np.asarray(item["image"], np.uint8),
+            np.asarray(item["tracks"])[:t],
+            np.asarray(item["visible"])[:t],
+        )
 
     def generate(self, item: dict[str, Any], seed: int) -> np.ndarray:
         image, tracks, visible = self._conditions(item)
@@ -243,7 +251,7 @@ class PipelineMethod(Method):
 
 def build_method(spec: str, options: dict[str, Any] | None = None) -> Method:
     """Method from a spec string (see the module docstring); ``options`` go to the method's constructor
-    (``warp``: ``sigma``) or, for ``pipeline:``, to every pipeline call."""
+    (``warp``: ``radius``, ``sigma``) or, for ``pipeline:``, to every pipeline call."""
     options = dict(options or {})
     if spec == "static":
         return StaticMethod()
