@@ -80,7 +80,9 @@ def test_window_changes_the_output_past_the_window():
     with torch.no_grad():
         short = model.forward_teacher_forcing(clean, noisy, t, ctx, CausalConfig(cache_frames=2))
         long = model.forward_teacher_forcing(clean, noisy, t, ctx, CausalConfig(cache_frames=7))
-    assert torch.allclose(short[:, :, :3], long[:, :, :3], atol=1e-5)  # frames 0-2 see <= 2 past frames anyway
+    assert torch.allclose(
+        short[:, :, :3], long[:, :, :3], atol=1e-5
+    )  # frames 0-2 see <= 2 past frames anyway
     assert (short[:, :, 3:] - long[:, :, 3:]).abs().max() > 1e-3
 
 

@@ -48,7 +48,9 @@ class Codec(nn.Module):
     def check_size(self, height: int, width: int, patch: int = 2) -> None:
         m = self.spatial_factor * patch
         if height % m or width % m:
-            raise ValueError(f"height and width must be multiples of {m} for this codec, got {height}x{width}")
+            raise ValueError(
+                f"height and width must be multiples of {m} for this codec, got {height}x{width}"
+            )
 
 
 class PixelCodec(Codec):
@@ -151,7 +153,9 @@ class WanVAECodec(Codec):
             outs = []
             for i in range(x.shape[2]):
                 idx = [0]
-                out = vae.decoder(x[:, :, i : i + 1], feat_cache=feat_cache, feat_idx=idx, first_chunk=state["first"])
+                out = vae.decoder(
+                    x[:, :, i : i + 1], feat_cache=feat_cache, feat_idx=idx, first_chunk=state["first"]
+                )
                 state["first"] = False
                 outs.append(out)
             return torch.cat(outs, dim=2).clamp(-1, 1).float()

@@ -97,7 +97,9 @@ class Conditioner:
         return self.codec.encode(reference[:, :, None])
 
     @torch.no_grad()
-    def __call__(self, reference: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+    def __call__(
+        self, reference: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor | None
+    ) -> torch.Tensor:
         """Condition channels (B, 2C + 1, F, h, w)."""
         _, _, height, width = reference.shape
         traj = self.trajectory_latents(tracks, visible, height, width)

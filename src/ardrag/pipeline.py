@@ -29,7 +29,14 @@ from ardrag.conditioning import Conditioner, image_to_tensor, video_to_uint8
 from ardrag.models.attention import CausalConfig
 from ardrag.models.causal_wan import CausalWanTransformer
 from ardrag.models.presets import preset_config
-from ardrag.sampling import Conditions, Denoiser, FlowSchedule, RolloutConfig, iter_rollout, sample_bidirectional
+from ardrag.sampling import (
+    Conditions,
+    Denoiser,
+    FlowSchedule,
+    RolloutConfig,
+    iter_rollout,
+    sample_bidirectional,
+)
 from ardrag.text import TextEncoder, build_text_encoder
 from ardrag.trajectory import TrajectoryLimits
 from ardrag.video import atomic_write_bytes
@@ -48,7 +55,9 @@ class PipelineConfig:
     width: int = 64
     fps: float = 8.0
     codec: dict[str, Any] = field(default_factory=lambda: {"type": "pixel", "factor": 4})
-    text_encoder: dict[str, Any] = field(default_factory=lambda: {"type": "hash", "dim": 64, "max_length": 16})
+    text_encoder: dict[str, Any] = field(
+        default_factory=lambda: {"type": "hash", "dim": 64, "max_length": 16}
+    )
     timesteps: list[float] | None = field(default_factory=lambda: [1000.0, 755.0, 522.0])
     num_steps: int = 3
     shift: float = 1.0
@@ -123,7 +132,10 @@ class ARDragPipeline:
         self.transformer = transformer.eval()
         self.codec = codec.eval()
         self.text_encoder = text_encoder.eval()
-        self.config = config
+        # record what was actually built (fills encoder defaults), so export -> load gives an equal config
+        self.config = dataclasses.replace(
+            config, codec=codec.describe(), text_encoder=text_encoder.describe()
+        )
         self.conditioner = Conditioner(codec, config.heatmap_sigma)
         codec.check_size(config.height, config.width, transformer.config.patch_size[1])
         want = self.conditioner.channels
@@ -154,7 +166,10 @@ class ARDragPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str | torch.device | None = None, torch_dtype: torch.dtype | None = None
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        torch_dtype: torch.dtype | None = None,
     ) -> ARDragPipeline:
         """Load an exported folder (transformer/ + ardrag_pipeline.json); relative encoder paths are inside it."""
         path = Path(path)
@@ -162,7 +177,12 @@ class ARDragPipeline:
         if not (path / "transformer" / "config.json").exists():
             raise FileNotFoundError(f"{path}/transformer/ (diffusers save_pretrained folder) is missing")
         transformer = CausalWanTransformer.from_pretrained(str(path / "transformer"), torch_dtype=torch_dtype)
-        pipe = cls(transformer, build_codec(config.codec, path), build_text_encoder(config.text_encoder, path), config)
+        pipe = cls(
+            transformer,
+            build_codec(config.codec, path),
+            build_text_encoder(config.text_encoder, path),
+            config,
+        )
         return pipe.to(device) if device is not None else pipe
 
     def save_pretrained(self, path: str | Path) -> Path:
@@ -244,7 +264,9 @@ class ARDragPipeline:
         cond = self.conditioner(ref_t, tr, vis)
         neg = self.config.negative_prompt if negative_prompt is None else negative_prompt
         ctx = self.text_encoder.encode([prompt]).to(self.device)
-        neg_ctx = self.text_encoder.encode([neg]).to(self.device) if self.config.guidance_scale != 1.0 else None
+        neg_ctx = (
+            self.text_encoder.encode([neg]).to(self.device) if self.config.guidance_scale != 1.0 else None
+        )
         f = self.codec.num_latent_frames(t_valid)
         h, w = self.height // self.codec.spatial_factor, self.width // self.codec.spatial_factor
         g = torch.Generator().manual_seed(int(seed))
@@ -302,7 +324,9 @@ class ARDragPipeline:
             frames = video_to_uint8(decode(self._sample(prep, use_kv_cache))[0])
             for i in range(prep.num_frames):
                 if (yield frames[i]) is not None:
-                    raise ValueError("a bidirectional model generates all frames at once: it cannot take updates")
+                    raise ValueError(
+                        "a bidirectional model generates all frames at once: it cannot take updates"
+                    )
             return
 
         pending: list[dict] = []
@@ -312,15 +336,21 @@ class ARDragPipeline:
                 upd = pending.pop(0)
                 new_tracks = np.asarray(upd["tracks"], dtype=np.float32)
                 if new_tracks.ndim != 3 or new_tracks.shape[0] != prep.num_frames:
-                    raise ValueError(f"updated tracks must be (T={prep.num_frames}, N, 2), got {new_tracks.shape}")
+                    raise ValueError(
+                        f"updated tracks must be (T={prep.num_frames}, N, 2), got {new_tracks.shape}"
+                    )
                 t_valid = self._valid_frames(len(new_tracks))
                 tr, vis = self._model_tracks(new_tracks, upd.get("visible"), prep.image_size, t_valid)
                 new = self._recondition(tr, vis, prep.conditions.cond)
-                prep.conditions.cond = torch.cat([prep.conditions.cond[:, :, :start], new[:, :, start:]], dim=2)
+                prep.conditions.cond = torch.cat(
+                    [prep.conditions.cond[:, :, :start], new[:, :, start:]], dim=2
+                )
 
         den = Denoiser(self.transformer, prep.conditions, self.config.guidance_scale)
         emitted = 0
-        for chunk in iter_rollout(den, prep.noise, self.config.rollout(use_kv_cache), on_chunk_start=apply_updates):
+        for chunk in iter_rollout(
+            den, prep.noise, self.config.rollout(use_kv_cache), on_chunk_start=apply_updates
+        ):
             frames = video_to_uint8(decode(chunk.clean)[0])
             for frame in frames:
                 if emitted >= prep.num_frames:
@@ -330,7 +360,9 @@ class ARDragPipeline:
                 if update is not None:
                     pending.append(update)
 
-    def _recondition(self, tracks: torch.Tensor, visible: torch.Tensor, old_cond: torch.Tensor) -> torch.Tensor:
+    def _recondition(
+        self, tracks: torch.Tensor, visible: torch.Tensor, old_cond: torch.Tensor
+    ) -> torch.Tensor:
         """Condition channels with new trajectories and the same reference latent/mask."""
         traj = self.conditioner.trajectory_latents(tracks, visible, self.height, self.width)
         c = self.codec.latent_channels

@@ -58,7 +58,9 @@ class FlowSchedule:
         if self.timesteps is not None:
             s = torch.tensor(self.timesteps, dtype=torch.float64) / NUM_TRAIN_TIMESTEPS
         else:
-            s = shift_sigma(torch.linspace(1.0, 0.0, self.num_steps + 1, dtype=torch.float64)[:-1], self.shift)
+            s = shift_sigma(
+                torch.linspace(1.0, 0.0, self.num_steps + 1, dtype=torch.float64)[:-1], self.shift
+            )
         return torch.cat([s, s.new_zeros(1)]).float()
 
 
@@ -173,11 +175,20 @@ class Denoiser:
     def cached(self, x: torch.Tensor, t: torch.Tensor, cache: KVCache, start: int, write: bool = False):
         cond = self.c.cond_slice(start, start + x.shape[2])
         x2, t2, ctx, cond2, img = self._inputs(x, t, cond)
-        v = self.model.forward_cached(x2, t2, ctx, cache, start, cond=cond2, encoder_hidden_states_image=img, write=write)
+        v = self.model.forward_cached(
+            x2, t2, ctx, cache, start, cond=cond2, encoder_hidden_states_image=img, write=write
+        )
         return self._combine(v)
 
-    def masked(self, context_frames: torch.Tensor | None, x: torch.Tensor, t: torch.Tensor, start: int,
-               causal: CausalConfig, context_t: float):
+    def masked(
+        self,
+        context_frames: torch.Tensor | None,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        start: int,
+        causal: CausalConfig,
+        context_t: float,
+    ):
         """Reference path without a cache: [all clean frames so far | current chunk] under the causal mask."""
         c = x.shape[2]
         if context_frames is None or context_frames.shape[2] == 0:
@@ -189,7 +200,9 @@ class Denoiser:
         seq2, tt2, ctx, cond2, img = self._inputs(seq, tt, cond)
         pos = torch.arange(start + c, device=x.device)
         mask = frame_visible(pos, pos, causal)
-        v = self.model(seq2, tt2, ctx, cond=cond2, encoder_hidden_states_image=img, positions=pos, frame_mask=mask)
+        v = self.model(
+            seq2, tt2, ctx, cond=cond2, encoder_hidden_states_image=img, positions=pos, frame_mask=mask
+        )
         return self._combine(v[:, :, start:])
 
     def full(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

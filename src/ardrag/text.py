@@ -58,7 +58,9 @@ class HashTextEncoder(TextEncoder):
 class UMT5TextEncoder(TextEncoder):
     """Wan2.1's UMT5-XXL encoder from a local folder (tokenizer + `UMT5EncoderModel`), 512 tokens, dim 4096."""
 
-    def __init__(self, path: str | Path, max_length: int = 512, torch_dtype: torch.dtype = torch.bfloat16) -> None:
+    def __init__(
+        self, path: str | Path, max_length: int = 512, torch_dtype: torch.dtype = torch.bfloat16
+    ) -> None:
         super().__init__()
         from transformers import AutoTokenizer, UMT5EncoderModel
 

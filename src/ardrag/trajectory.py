@@ -40,7 +40,9 @@ def parse_trajectory(
     """Validate a decoded trajectory object and return (tracks (T, N, 2) in image pixels, visible (T, N))."""
     limits = limits or TrajectoryLimits()
     if not isinstance(obj, dict):
-        raise TrajectoryError(f"trajectory must be a JSON object with a 'tracks' key, got {type(obj).__name__}")
+        raise TrajectoryError(
+            f"trajectory must be a JSON object with a 'tracks' key, got {type(obj).__name__}"
+        )
     unknown = set(obj) - {"tracks", "visible", "width", "height"}
     if unknown:
         raise TrajectoryError(f"unknown keys {sorted(unknown)}; allowed: tracks, visible, width, height")
@@ -57,12 +59,16 @@ def parse_trajectory(
             raise TrajectoryError(f"track {i} must be a non-empty list of [x, y] pairs")
         for j, p in enumerate(tr):
             if not isinstance(p, list) or len(p) != 2 or not all(_is_number(v) for v in p):
-                raise TrajectoryError(f"track {i} point {j} must be a pair of numbers [x, y], got {json.dumps(p)}")
+                raise TrajectoryError(
+                    f"track {i} point {j} must be a pair of numbers [x, y], got {json.dumps(p)}"
+                )
             if not all(math.isfinite(v) for v in p):
                 raise TrajectoryError(f"track {i} point {j} is not finite: {p}")
         lengths.add(len(tr))
     if len(lengths) != 1:
-        raise TrajectoryError(f"all tracks must have the same number of frames, got lengths {sorted(lengths)}")
+        raise TrajectoryError(
+            f"all tracks must have the same number of frames, got lengths {sorted(lengths)}"
+        )
     t = lengths.pop()
     if t > limits.max_frames:
         raise TrajectoryError(f"{t} frames exceed the model's limit of {limits.max_frames}")
@@ -114,7 +120,9 @@ def load_trajectory(
     try:
         obj = json.loads(text, parse_constant=lambda c: float(c))  # NaN/Infinity reach the finiteness check
     except json.JSONDecodeError as e:
-        raise TrajectoryError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise TrajectoryError(
+            f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
     return parse_trajectory(obj, image_width, image_height, limits)
 
 

@@ -87,7 +87,9 @@ def encode_gif(frames: np.ndarray, fps: float = 8.0) -> bytes:
     frames = _check_frames(frames)
     buf = io.BytesIO()
     images = [Image.fromarray(f) for f in frames]
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    images[0].save(
+        buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
+    )
     return buf.getvalue()
 
 

@@ -18,9 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ardrag-generate", description="Generate a video that follows dragged trajectories on an image."
     )
-    p.add_argument("--checkpoint", required=True, help="exported pipeline folder (transformer/ + ardrag_pipeline.json)")
+    p.add_argument(
+        "--checkpoint", required=True, help="exported pipeline folder (transformer/ + ardrag_pipeline.json)"
+    )
     p.add_argument("--image", required=True, help="first frame (any image OpenCV reads)")
-    p.add_argument("--trajectory", required=True, help="trajectory JSON: {'tracks': N lists of T [x, y] pixels, ...}")
+    p.add_argument(
+        "--trajectory", required=True, help="trajectory JSON: {'tracks': N lists of T [x, y] pixels, ...}"
+    )
     p.add_argument("--out", required=True, help="output video, .mp4 or .gif")
     p.add_argument("--gif", action="store_true", help="also write a GIF next to the MP4")
     p.add_argument("--prompt", default="", help="text prompt")
@@ -64,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     pipe = ARDragPipeline.from_pretrained(args.checkpoint, device=device)
     t0 = time.perf_counter()
     frames, first = [], None
-    for frame in pipe.stream(image, tracks, visible, prompt=args.prompt, seed=args.seed,
-                             negative_prompt=args.negative_prompt):
+    for frame in pipe.stream(
+        image, tracks, visible, prompt=args.prompt, seed=args.seed, negative_prompt=args.negative_prompt
+    ):
         if first is None:
             first = time.perf_counter() - t0
         frames.append(frame)
@@ -77,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     write_video(out, video, fps)
     if args.gif and out.suffix.lower() != ".gif":
         write_video(out.with_suffix(".gif"), video, fps)
-    print(f"wrote {out} ({len(video)} frames {video.shape[2]}x{video.shape[1]}; first frame {first:.3f} s, "
-          f"total {total:.2f} s on {device})")
+    print(
+        f"wrote {out} ({len(video)} frames {video.shape[2]}x{video.shape[1]}; first frame {first:.3f} s, "
+        f"total {total:.2f} s on {device})"
+    )
     return 0
 
 

@@ -138,7 +138,9 @@ class KVCache:
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Append new frames' keys/values for one layer (bookkeeping of `frames` is done by `commit`)."""
         kv = self.layers[layer]
-        self.layers[layer] = LayerKV(k, v) if kv is None else LayerKV(torch.cat([kv.k, k], 2), torch.cat([kv.v, v], 2))
+        self.layers[layer] = (
+            LayerKV(k, v) if kv is None else LayerKV(torch.cat([kv.k, k], 2), torch.cat([kv.v, v], 2))
+        )
 
     def commit(self, new_frames: list[int]) -> None:
         """Record the frames just appended to every layer, then evict frames no future chunk can see."""

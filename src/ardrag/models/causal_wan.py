@@ -143,7 +143,13 @@ class CausalWanTransformer(WanTransformer3DModel):
         if frame_mask is None and causal is not None:
             frame_mask = frame_visible(positions, positions, causal)
         return self._forward(
-            hidden_states, timestep, encoder_hidden_states, cond, encoder_hidden_states_image, positions, frame_mask
+            hidden_states,
+            timestep,
+            encoder_hidden_states,
+            cond,
+            encoder_hidden_states_image,
+            positions,
+            frame_mask,
         )
 
     def forward_teacher_forcing(
@@ -196,9 +202,13 @@ class CausalWanTransformer(WanTransformer3DModel):
         """
         c = hidden_states.shape[2]
         if start_frame != cache.next_frame:
-            raise ValueError(f"cache holds frames up to {cache.next_frame - 1}; cannot run frame {start_frame}")
+            raise ValueError(
+                f"cache holds frames up to {cache.next_frame - 1}; cannot run frame {start_frame}"
+            )
         if start_frame % cache.cfg.chunk_size != 0 or c > cache.cfg.chunk_size:
-            raise ValueError(f"chunk [{start_frame}, {start_frame + c}) does not fit chunk_size {cache.cfg.chunk_size}")
+            raise ValueError(
+                f"chunk [{start_frame}, {start_frame + c}) does not fit chunk_size {cache.cfg.chunk_size}"
+            )
         pos = torch.arange(start_frame, start_frame + c, device=hidden_states.device)
         step = _CacheStep(cache, start_frame, write)
         out = self._forward(
@@ -285,7 +295,18 @@ class CausalWanTransformer(WanTransformer3DModel):
         for li, block in enumerate(self.blocks):
             if torch.is_grad_enabled() and self.gradient_checkpointing and cache_step is None:
                 x = checkpoint(
-                    self._block, block, li, x, context, tproj, cos, sin, token_mask, None, tpf, use_reentrant=False
+                    self._block,
+                    block,
+                    li,
+                    x,
+                    context,
+                    tproj,
+                    cos,
+                    sin,
+                    token_mask,
+                    None,
+                    tpf,
+                    use_reentrant=False,
                 )
             else:
                 x = self._block(block, li, x, context, tproj, cos, sin, token_mask, cache_step, tpf)
@@ -363,4 +384,3 @@ class CausalWanTransformer(WanTransformer3DModel):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

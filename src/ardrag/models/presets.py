@@ -54,7 +54,11 @@ def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     cfg = {**_COMMON, **PRESETS[name]}
-    unknown = set(overrides) - set(cfg) - {"cond_in_channels", "image_dim", "added_kv_proj_dim", "pos_embed_seq_len"}
+    unknown = (
+        set(overrides)
+        - set(cfg)
+        - {"cond_in_channels", "image_dim", "added_kv_proj_dim", "pos_embed_seq_len"}
+    )
     if unknown:
         raise ValueError(f"unknown model config keys {sorted(unknown)}")
     cfg.update(overrides)

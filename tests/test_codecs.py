@@ -1,0 +1,81 @@
+"""Codecs (pixel and Wan VAE) and trajectory conditioning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+
+from ardrag.codecs import PixelCodec, WanVAECodec, build_codec
+from ardrag.conditioning import Conditioner, trajectory_heatmaps
+
+
+def tiny_vae() -> AutoencoderKLWan:
+    # the real Wan VAE's structure (causal 3D convs, 4x temporal) at toy width: 2 stages, so 4x spatial
+    return AutoencoderKLWan(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[True, True],
+        latents_mean=[0.1, -0.2, 0.3, 0.0],
+        latents_std=[1.5, 0.5, 2.0, 1.0],
+    ).eval()
+
+
+def test_pixel_codec_is_an_exact_inverse():
+    codec = PixelCodec(4)
+    video = torch.rand(2, 3, 5, 16, 24) * 2 - 1
+    z = codec.encode(video)
+    assert z.shape == (2, 48, 5, 4, 6)
+    assert torch.equal(codec.decode(z), video)
+    dec = codec.stream_decoder()
+    assert torch.equal(torch.cat([dec(z[:, :, i : i + 1]) for i in range(5)], 2), video)
+
+
+def test_wan_vae_stream_decode_equals_full_decode_and_frame_counts(tmp_path):
+    vae = tiny_vae()
+    vae.save_pretrained(tmp_path / "vae")
+    codec = build_codec({"type": "wan_vae", "path": str(tmp_path / "vae")})
+    assert isinstance(codec, WanVAECodec)
+    assert (codec.temporal_factor, codec.spatial_factor, codec.latent_channels) == (4, 4, 4)
+    assert codec.num_latent_frames(9) == 3 and codec.num_frames(3) == 9
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        codec.num_latent_frames(8)
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    with torch.no_grad():
+        z = codec.encode(video)
+        assert z.shape == (1, 4, 3, 4, 4)
+        full = codec.decode(z)
+        dec = codec.stream_decoder()
+        parts = [dec(z[:, :, i : i + 1]) for i in range(3)]
+    assert [p.shape[2] for p in parts] == [1, 4, 4]  # the first latent frame is one video frame, then 4 each
+    assert torch.allclose(torch.cat(parts, 2), full, atol=1e-6)
+
+
+def test_missing_wan_vae_folder_says_what_to_provide(tmp_path):
+    with pytest.raises(FileNotFoundError, match="local diffusers folder"):
+        build_codec({"type": "wan_vae", "path": str(tmp_path / "nowhere")})
+
+
+def test_heatmap_peaks_at_the_track_and_respects_visibility():
+    tracks = torch.tensor([[[[10.0, 20.0], [40.0, 5.0]], [[12.0, 22.0], [41.0, 6.0]]]])  # (1, T=2, N=2, 2)
+    visible = torch.tensor([[[True, True], [True, False]]])
+    heat = trajectory_heatmaps(tracks, visible, 32, 48, sigma=2.0)
+    assert heat.shape == (1, 3, 2, 32, 48)
+    lum = heat[0, 0]  # track 0 is white, track 1 red: channel 0 holds both
+    assert lum[0, 20, 10] == pytest.approx(1.0) and lum[0, 5, 40] == pytest.approx(1.0)
+    assert lum[1, 22, 12] == pytest.approx(1.0) and lum[1, 6, 41] == pytest.approx(0.0)  # invisible point
+    assert heat[0, 1, 0, 5, 40] == pytest.approx(0.2)  # red track: green channel is 0.2
+    assert lum[0, 20, 14].item() == pytest.approx(torch.exp(torch.tensor(-16 / 8)).item(), rel=1e-5)
+
+
+def test_conditioner_layout():
+    codec = PixelCodec(4)
+    cond = Conditioner(codec, heatmap_sigma=2.0)
+    ref = torch.rand(2, 3, 16, 16) * 2 - 1
+    tracks = torch.full((2, 3, 1, 2), 8.0)
+    c = cond(ref, tracks, None)
+    assert c.shape == (2, cond.channels, 3, 4, 4) and cond.channels == 97
+    assert torch.equal(c[:, 48:96, 0], codec.encode(ref[:, :, None])[:, :, 0])  # reference at frame 0
+    assert c[:, 48:96, 1:].abs().sum() == 0 and c[:, 96, 0].eq(1).all() and c[:, 96, 1:].eq(0).all()

@@ -1,0 +1,197 @@
+"""ardrag-generate: malformed trajectories are refused before any model loads; a good one writes a video."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageSequence
+
+from ardrag import ARDragPipeline
+from ardrag.cli.generate import main
+from ardrag.pipeline import PipelineConfig
+from ardrag.trajectory import TrajectoryLimits, parse_trajectory
+from ardrag.video import read_image, read_video, write_video
+
+W, H = 40, 30
+GOOD = {"tracks": [[[5, 5], [10, 8], [15, 12]], [[30, 20], [30, 20], [31, 21]]]}
+
+MALFORMED = {
+    "not an object": ([1, 2], "JSON object"),
+    "no tracks": ({"visible": []}, "missing 'tracks'"),
+    "empty": ({"tracks": []}, "non-empty"),
+    "empty track": ({"tracks": [[]]}, "track 0 must be a non-empty"),
+    "wrong nesting": ({"tracks": [[5, 5], [6, 6]]}, "track 0 point 0"),
+    "triple": ({"tracks": [[[1, 2, 3]]]}, "pair of numbers"),
+    "string coord": ({"tracks": [[["1", 2]]]}, "pair of numbers"),
+    "NaN": ("NAN", "not finite"),
+    "infinite": ("INF", "not finite"),
+    "ragged T": ({"tracks": [[[1, 1], [2, 2]], [[1, 1]]]}, "same number of frames"),
+    "far outside": ({"tracks": [[[5, 5], [500, 5]]]}, "far outside"),
+    "too many frames": ({"tracks": [[[1, 1]] * 9]}, "exceed the model's limit of 8"),
+    "too many tracks": ({"tracks": [[[1, 1]]] * 5}, "exceed the model's limit of 4"),
+    "bad visible": ({"tracks": [[[1, 1], [2, 2]]], "visible": [[True]]}, "'visible' must be"),
+    "visible not bool": ({"tracks": [[[1, 1]]], "visible": [[1]]}, "true or false"),
+    "bad width": ({"tracks": [[[1, 1]]], "width": -3}, "'width' must be a positive"),
+    "unknown key": ({"tracks": [[[1, 1]]], "colour": 1}, "unknown keys"),
+}
+
+
+def _write_case(path, obj):
+    if obj == "NAN":
+        path.write_text('{"tracks": [[[1, NaN]]]}')
+    elif obj == "INF":
+        path.write_text('{"tracks": [[[Infinity, 1]]]}')
+    else:
+        path.write_text(json.dumps(obj))
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("export")
+    config = PipelineConfig(
+        height=32,
+        width=32,
+        text_encoder={"type": "hash", "dim": 16, "max_length": 8},
+        max_frames=8,
+        max_tracks=4,
+    )
+    pipe = ARDragPipeline.from_preset("tiny", config)
+    with torch.no_grad():
+        for p in pipe.transformer.parameters():
+            p.normal_(0, 0.1)
+    pipe.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    import cv2
+
+    p = tmp_path_factory.mktemp("img") / "img.png"
+    cv2.imwrite(str(p), np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8))
+    return p
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_trajectory_is_refused_with_one_line_and_exit_2(case, tmp_path, image_path, capsys):
+    obj, message = MALFORMED[case]
+    traj = tmp_path / "t.json"
+    _write_case(traj, obj)
+    # a folder with only the JSON: if validation let the input through, loading the model would fail instead
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    cfg = PipelineConfig(max_frames=8, max_tracks=4)
+    (ckpt / "ardrag_pipeline.json").write_text(json.dumps(cfg.__dict__))
+    rc = main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--image",
+            str(image_path),
+            "--trajectory",
+            str(traj),
+            "--out",
+            str(tmp_path / "o.mp4"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("ardrag-generate: error: ") and message in err
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_not_json_and_missing_file(tmp_path, image_path, export_dir, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{tracks: ")
+    for traj, msg in ((bad, "not valid JSON"), (tmp_path / "none.json", "cannot read")):
+        rc = main(
+            [
+                "--checkpoint",
+                str(export_dir),
+                "--image",
+                str(image_path),
+                "--trajectory",
+                str(traj),
+                "--out",
+                str(tmp_path / "o.mp4"),
+            ]
+        )
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and err.count("\n") == 1
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path, image_path, export_dir):
+    traj = tmp_path / "t.json"
+    traj.write_text('{"tracks": [[[1, NaN]]]}')
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ardrag.cli.generate",
+            "--checkpoint",
+            str(export_dir),
+            "--image",
+            str(image_path),
+            "--trajectory",
+            str(traj),
+            "--out",
+            str(tmp_path / "o.mp4"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_coordinates_are_rescaled_from_the_given_frame():
+    tracks, visible = parse_trajectory({"tracks": [[[10, 10], [20, 5]]], "width": 20, "height": 10}, 40, 30)
+    assert tracks.shape == (2, 1, 2) and visible.all()
+    assert tracks[:, 0].tolist() == [[20.0, 30.0], [40.0, 15.0]]
+    with pytest.raises(ValueError, match="far outside"):
+        parse_trajectory({"tracks": [[[0, 0], [200, 0]]]}, 40, 30, TrajectoryLimits(margin=0.5))
+
+
+def test_generate_writes_mp4_and_gif(tmp_path, image_path, export_dir):
+    traj = tmp_path / "t.json"
+    traj.write_text(json.dumps(GOOD))
+    out = tmp_path / "video.mp4"
+    rc = main(
+        [
+            "--checkpoint",
+            str(export_dir),
+            "--image",
+            str(image_path),
+            "--trajectory",
+            str(traj),
+            "--out",
+            str(out),
+            "--gif",
+            "--seed",
+            "1",
+        ]
+    )
+    assert rc == 0
+    frames, _ = read_video(out)
+    assert frames.shape == (3, 32, 32, 3)
+    pipe = ARDragPipeline.from_pretrained(export_dir)
+    tracks, visible = parse_trajectory(GOOD, W, H)
+    ref = pipe(read_image(image_path), tracks, visible, seed=1)
+    # the files hold the pipeline's frames: an untrained model's output is noise, which lossy MP4 keeps only in
+    # its per-frame mean colour; the GIF (palette-quantised) keeps the pixels
+    assert np.abs(frames.mean((1, 2)) - ref.mean((1, 2))).max() < 5
+    gif = Image.open(tmp_path / "video.gif")
+    gif_frames = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(gif)])
+    assert gif_frames.shape == ref.shape and np.abs(gif_frames.astype(int) - ref).mean() < 15
+    other = pipe(read_image(image_path), tracks, visible, seed=2)
+    assert np.abs(gif_frames.astype(int) - other).mean() > 40  # and not just any noise video
+
+
+def test_write_video_rejects_bad_suffix(tmp_path):
+    with pytest.raises(ValueError, match="suffix"):
+        write_video(tmp_path / "x.avi", np.zeros((2, 8, 8, 3), np.uint8))
