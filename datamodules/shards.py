@@ -110,7 +110,12 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def encode_sample(
-    key: str, video: np.ndarray, tracks: np.ndarray, visible: np.ndarray, meta: Mapping[str, Any]
+    key: str,
+    video: np.ndarray,
+    tracks: np.ndarray,
+    visible: np.ndarray,
+    meta: Mapping[str, Any],
+    mp4: bytes | None = None,
 ) -> dict[str, Any]:
     """Build one WebDataset sample dict (``__key__`` plus byte fields) in the DESIGN.md schema.
 
@@ -120,6 +125,7 @@ def encode_sample(
         tracks: float (T, N, 2) pixels of ``video``.
         visible: bool (T, N).
         meta: JSON-able dict; must carry "prompt" (others are filled: negative_prompt, fps, width, height).
+        mp4: ``video`` already encoded (when the caller tracked the decoded clip); encoded here if None.
     """
     if "." in key or "/" in key:
         raise ValueError(f"sample key {key!r} must not contain dots or slashes")
@@ -134,7 +140,7 @@ def encode_sample(
     full["width"], full["height"], full["num_frames"] = w, h, t
     return {
         "__key__": key,
-        "mp4": encode_mp4(video, fps),
+        "mp4": encode_mp4(video, fps) if mp4 is None else mp4,
         "tracks.npy": _npy_bytes(tracks),
         "visible.npy": _npy_bytes(visible),
         "json": json.dumps(full).encode("utf-8"),
