@@ -195,3 +195,38 @@ def test_generate_writes_mp4_and_gif(tmp_path, image_path, export_dir):
 def test_write_video_rejects_bad_suffix(tmp_path):
     with pytest.raises(ValueError, match="suffix"):
         write_video(tmp_path / "x.avi", np.zeros((2, 8, 8, 3), np.uint8))
+
+
+def test_export_cli_preset_and_base(tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    from ardrag.cli.export import main as export_main
+    from ardrag.models import preset_config
+
+    cfg = tmp_path / "p.json"
+    cfg.write_text(json.dumps({"height": 32, "width": 32, "text_encoder": {"type": "hash", "dim": 16}}))
+    assert export_main(["--pipeline-config", str(cfg), "--preset", "tiny", "--out", str(tmp_path / "a")]) == 0
+    assert export_main(["--pipeline-config", str(cfg), "--preset", "tiny", "--out", str(tmp_path / "b")]) == 0
+    a, b = ARDragPipeline.from_pretrained(tmp_path / "a"), ARDragPipeline.from_pretrained(tmp_path / "b")
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.transformer.parameters(), b.transformer.parameters())
+    )  # seeded
+    # --base: a diffusers Wan folder (48 latent channels = the pixel codec's) gains zero-init condition channels
+    base = WanTransformer3DModel(**preset_config("tiny", in_channels=48, out_channels=48))
+    base.save_pretrained(tmp_path / "wan")
+    assert (
+        export_main(
+            ["--pipeline-config", str(cfg), "--base", str(tmp_path / "wan"), "--out", str(tmp_path / "c")]
+        )
+        == 0
+    )
+    c = ARDragPipeline.from_pretrained(tmp_path / "c")
+    assert (
+        c.transformer.config.cond_in_channels == 97 and c.transformer.cond_embedding.weight.abs().sum() == 0
+    )
+    assert (
+        export_main(
+            ["--pipeline-config", str(cfg), "--base", str(tmp_path / "none"), "--out", str(tmp_path / "d")]
+        )
+        == 2
+    )

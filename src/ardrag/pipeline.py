@@ -165,6 +165,29 @@ class ARDragPipeline:
         return cls(CausalWanTransformer(**model_cfg), codec, text, config)
 
     @classmethod
+    def from_base(
+        cls, transformer_path: str | Path, config: PipelineConfig, torch_dtype: torch.dtype | None = None
+    ) -> ARDragPipeline:
+        """The initial model at full scale: a diffusers-format Wan2.1 transformer folder (e.g. the `transformer/`
+        of Wan2.1-T2V-1.3B-Diffusers) plus zero-initialised condition channels, so it behaves as the base model."""
+        path = Path(transformer_path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"no diffusers transformer at {path}: give the local 'transformer/' folder of a Wan2.1 checkpoint "
+                "in diffusers format (config.json + safetensors); nothing is downloaded at run time"
+            )
+        codec = build_codec(config.codec)
+        text = build_text_encoder(config.text_encoder)
+        transformer = CausalWanTransformer.from_pretrained(str(path), torch_dtype=torch_dtype)
+        if transformer.config.in_channels != codec.latent_channels:
+            raise ValueError(
+                f"transformer has in_channels={transformer.config.in_channels}, codec has {codec.latent_channels}"
+            )
+        if transformer.config.cond_in_channels == 0:
+            transformer.add_condition_channels(2 * codec.latent_channels + 1)
+        return cls(transformer, codec, text, config)
+
+    @classmethod
     def from_pretrained(
         cls,
         path: str | Path,
