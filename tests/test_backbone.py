@@ -164,3 +164,15 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(x, t, ctx, causal=causal).square().mean().backward()
     g2 = [p.grad for p in model.parameters()]
     assert max((a - b).abs().max().item() for a, b in zip(g1, g2)) < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_flex_attention_backend_equals_dense_mask():
+    model = _randomised(CausalWanTransformer(**TINY))
+    clean, noisy, ctx = torch.randn(1, 12, 5, 4, 4), torch.randn(1, 12, 5, 4, 4), torch.randn(1, 3, 16)
+    t, causal = torch.rand(1, 5) * 1000, CausalConfig(chunk_size=1, cache_frames=2, sink_frames=1)
+    with torch.no_grad():
+        dense = model.forward_teacher_forcing(clean, noisy, t, ctx, causal)
+        model.attention_backend = "flex"
+        flex = model.forward_teacher_forcing(clean, noisy, t, ctx, causal)
+    assert (dense - flex).abs().max().item() <= 1e-4

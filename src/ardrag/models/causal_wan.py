@@ -49,6 +49,18 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return out.type_as(x)
 
 
+_FLEX = {}
+
+
+def _flex_attention():
+    """flex_attention, compiled on CUDA (fused kernel); eager elsewhere (a reference path, for tests)."""
+    if "fn" not in _FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX["fn"] = torch.compile(flex_attention) if torch.cuda.is_available() else flex_attention
+    return _FLEX["fn"]
+
+
 class CausalWanTransformer(WanTransformer3DModel):
     """Wan2.1 DiT with frame-wise causal attention, a rolling KV cache and zero-initialised condition channels."""
 
@@ -92,6 +104,9 @@ class CausalWanTransformer(WanTransformer3DModel):
             pos_embed_seq_len=pos_embed_seq_len,
         )
         self.cond_embedding = self._make_cond_embedding(cond_in_channels) if cond_in_channels > 0 else None
+        # "sdpa": dense boolean token mask (fine at toy scale); "flex": FlexAttention block mask built from the
+        # frame mask, memory O(blocks) instead of O(tokens^2): use it for full-scale masked training on CUDA.
+        self.attention_backend = "sdpa"
 
     # ------------------------------------------------------------------ construction helpers
     def _make_cond_embedding(self, channels: int) -> nn.Conv3d:
@@ -289,7 +304,7 @@ class CausalWanTransformer(WanTransformer3DModel):
 
         token_mask = None
         if frame_mask is not None and not bool(frame_mask.all()):
-            token_mask = expand_frame_mask(frame_mask.to(x.device), tpf)
+            token_mask = self._token_mask(frame_mask.to(x.device), tpf, x.shape[1])
 
         # 3. Transformer blocks
         for li, block in enumerate(self.blocks):
@@ -319,6 +334,18 @@ class CausalWanTransformer(WanTransformer3DModel):
         x = self.proj_out(x)  # (B, F, tpf, C_out * p_h * p_w)
         x = x.reshape(b, f, pph, ppw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def _token_mask(self, frame_mask: torch.Tensor, tpf: int, n_tokens: int):
+        if self.attention_backend == "sdpa":
+            return expand_frame_mask(frame_mask, tpf)
+        if self.attention_backend != "flex":
+            raise ValueError(f"attention_backend must be 'sdpa' or 'flex', got {self.attention_backend!r}")
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return frame_mask[q_idx // tpf, kv_idx // tpf]
+
+        return create_block_mask(mask_mod, None, None, n_tokens, n_tokens, device=frame_mask.device)
 
     def _block(
         self,
@@ -377,7 +404,10 @@ class CausalWanTransformer(WanTransformer3DModel):
             if past is not None:
                 k = torch.cat([past[0].to(k.dtype), k], dim=2)
                 v = torch.cat([past[1].to(v.dtype), v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=token_mask)
+        if token_mask is not None and not isinstance(token_mask, torch.Tensor):
+            out = _flex_attention()(q, k, v, block_mask=token_mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=token_mask)
         out = out.transpose(1, 2).flatten(2, 3).type_as(x)
         return attn.to_out[1](attn.to_out[0](out))
 
