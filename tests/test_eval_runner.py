@@ -192,3 +192,31 @@ def test_cli_rejects_bad_config_with_one_line(tmp_path, capsys):
     assert ev.main(["--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "at least 3 seeds" in err
+
+
+def test_set_level_feature_path_reuses_real_features(monkeypatch):
+    # Stand-in feature functions (mean colour per frame / per clip) with the fidfvd module layout.
+    calls = {"n": 0}
+
+    def feats(x, **kw):
+        calls["n"] += 1
+        x = np.asarray(x, np.float64)
+        return x.reshape(-1, *x.shape[-3:]).mean(axis=(1, 2))  # (B*T, 3): one row per frame
+
+    def from_feats(r, f, method="eigh", **record):
+        return {
+            "value": float(np.abs(r.mean(0) - f.mean(0)).sum()),
+            "n_real": len(r),
+            "n_fake": len(f),
+            **record,
+        }
+
+    mod = types.ModuleType("benchmark.metrics.fid")
+    mod.inception_features, mod.fid_from_features = feats, from_feats
+    monkeypatch.setitem(sys.modules, "benchmark.metrics.fid", mod)
+    real = np.zeros((2, 8, 6, 6, 3), np.uint8)
+    fake = np.full((2, 8, 6, 6, 3), 3, np.uint8)
+    res, rf = ev.set_level_metric("fid", real, fake, {"enabled": True, "frame_stride": 2})
+    assert res["value"] == pytest.approx(9.0) and res["n_fake"] == 8 and res["frame_stride"] == 2
+    res2, _ = ev.set_level_metric("fid", real, fake, {"enabled": True, "frame_stride": 2}, real_features=rf)
+    assert res2["value"] == res["value"] and calls["n"] == 3  # real features computed once
