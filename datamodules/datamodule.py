@@ -356,10 +356,14 @@ class ARDragDataModule(pl.LightningDataModule):
         loader = self._loader(self.train_dataset()).with_epoch(n_batches).with_length(n_batches, silent=True)
         return loader.compose(self._absorb_skips)
 
-    def val_dataloader(self) -> wds.WebLoader:
+    def val_dataloader(self) -> wds.WebLoader | list:
+        if self.val_shards is None:
+            return []  # Lightning: no validation
         return self._loader(self.eval_dataset("val")).compose(self._absorb_skips)
 
-    def test_dataloader(self) -> wds.WebLoader:
+    def test_dataloader(self) -> wds.WebLoader | list:
+        if self.test_shards is None:
+            return []
         return self._loader(self.eval_dataset("test")).compose(self._absorb_skips)
 
     # -- skip accounting (main process) ------------------------------------------------------------------

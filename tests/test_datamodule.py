@@ -162,3 +162,23 @@ def test_lightning_fit_logs_skip_count(toy, tmp_path):
     logged = trainer.callback_metrics["data/skipped_total"].item()
     # 8 good samples = two passes, and the 3 corrupt ones of each pass come before its last good sample.
     assert logged == dm.skip_stats.total == 6
+
+
+def test_constructible_from_a_lightning_cli_config(toy):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(ARDragDataModule, "data")
+    cfg = parser.parse_args(
+        [
+            f"--data.train_shards={toy / 'train'}",
+            "--data.max_tracks=3",
+            "--data.num_frames=9",
+            "--data.num_workers=0",
+        ]
+    )
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
+    dm = instantiate(cfg).data
+    assert isinstance(dm, ARDragDataModule) and dm.hparams.max_tracks == 3
+    b = next(iter(dm.train_dataloader()))
+    assert b["tracks"].shape[1:] == (9, 3, 2)
