@@ -4,7 +4,7 @@ Compares, on the same untrained toy-size model and inputs:
   - rolling KV cache (window `--window` latent frames): cost per frame should stay flat;
   - unbounded KV cache (window = all frames): grows slowly (attention over the whole history);
   - no cache (`use_kv_cache=False`, the masked full-sequence recompute): grows with the history length.
-Time to first frame includes conditioning and decoding. One warm-up run per mode is excluded.
+Time to first frame includes conditioning and decoding. One warm-up run per mode is excluded; each frame's latency is the median over --repeats runs.
 
     python scripts/bench_latency.py --frames 64 --out results/latency
 writes results/latency/frame_latency.{csv,md,png} and meta.json (hardware, versions, command, seed).
@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per mode; per-frame median is reported")
     ap.add_argument("--out", default="results/latency")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,7 +76,8 @@ def main() -> None:
         config = PipelineConfig(height=args.size, width=args.size, **cfg)
         pipe = ARDragPipeline.from_preset(args.preset, config, seed=args.seed)
         time_stream(pipe, image, tracks[:4], use_cache, args.seed)  # warm-up, excluded
-        deltas = time_stream(pipe, image, tracks, use_cache, args.seed)
+        runs = [time_stream(pipe, image, tracks, use_cache, args.seed) for _ in range(args.repeats)]
+        deltas = list(np.median(np.array(runs), axis=0))
         rows += [{"mode": name, "frame": i, "seconds": d} for i, d in enumerate(deltas)]
         d = np.array(deltas)
         summary.append(
@@ -106,7 +108,7 @@ def main() -> None:
         f"3 denoising steps + 1 cache write per frame, {args.frames} frames, seed {args.seed}.  ",
         f"Hardware: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}.  ",
         "Per-frame latency = time between consecutive yielded (decoded) frames; frame 0 = time to first frame "
-        "(conditioning + denoising + decode). One warm-up run per mode excluded.",
+        f"(conditioning + denoising + decode). One warm-up run per mode excluded; median of {args.repeats} runs.",
         "",
         sm.to_markdown(index=False, floatfmt=".4f"),
         "",

@@ -176,3 +176,20 @@ def test_flex_attention_backend_equals_dense_mask():
         model.attention_backend = "flex"
         flex = model.forward_teacher_forcing(clean, noisy, t, ctx, causal)
     assert (dense - flex).abs().max().item() <= 1e-4
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_bf16_weights_take_fp32_latents_and_return_fp32():
+    model = _randomised(CausalWanTransformer(**TINY, cond_in_channels=3), std=0.1)
+    x, ctx, t, cond = (
+        torch.randn(1, 12, 3, 4, 4),
+        torch.randn(1, 5, 16),
+        torch.rand(1, 3) * 1000,
+        torch.randn(1, 3, 3, 4, 4),
+    )
+    causal = CausalConfig()
+    with torch.no_grad():
+        ref = model(x, t, ctx, cond=cond, causal=causal)
+        out = model.to(torch.bfloat16)(x, t, ctx, cond=cond, causal=causal)
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max() < 0.03 * ref.abs().max()  # bf16 rounding only

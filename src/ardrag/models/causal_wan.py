@@ -283,7 +283,8 @@ class CausalWanTransformer(WanTransformer3DModel):
         tpf = pph * ppw
 
         # 1. Patch embedding (+ zero-initialised condition channels) and RoPE at absolute frame positions
-        x = self.patch_embedding(hidden_states)
+        in_dtype, dtype = hidden_states.dtype, self.patch_embedding.weight.dtype  # fp32 latents, bf16 weights
+        x = self.patch_embedding(hidden_states.to(dtype))
         if cond is not None:
             if self.cond_embedding is None:
                 raise ValueError("got condition channels but the model has cond_in_channels=0")
@@ -295,8 +296,10 @@ class CausalWanTransformer(WanTransformer3DModel):
 
         # 2. Per-frame time embedding and text (and image) context
         t = self._frame_timesteps(timestep, b, f, x.device)
+        if image_context is not None:
+            image_context = image_context.to(dtype)
         temb, tproj, context, image_context = self.condition_embedder(
-            t.flatten(), context, image_context, timestep_seq_len=f
+            t.flatten(), context.to(dtype), image_context, timestep_seq_len=f
         )
         tproj = tproj.unflatten(2, (6, -1))  # (B, F, 6, D)
         if image_context is not None:
@@ -333,7 +336,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         x = (self.norm_out(xf.float()) * (1 + scale) + shift).type_as(x)
         x = self.proj_out(x)  # (B, F, tpf, C_out * p_h * p_w)
         x = x.reshape(b, f, pph, ppw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3).to(in_dtype)
 
     def _token_mask(self, frame_mask: torch.Tensor, tpf: int, n_tokens: int):
         if self.attention_backend == "sdpa":
