@@ -220,3 +220,12 @@ def test_set_level_feature_path_reuses_real_features(monkeypatch):
     assert res["value"] == pytest.approx(9.0) and res["n_fake"] == 8 and res["frame_stride"] == 2
     res2, _ = ev.set_level_metric("fid", real, fake, {"enabled": True, "frame_stride": 2}, real_features=rf)
     assert res2["value"] == res["value"] and calls["n"] == 3  # real features computed once
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parents[1].glob("configs/eval/*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_configs_parse(path):
+    cfg = ev.load_config(path)
+    assert len(cfg["seeds"]) >= 3 and cfg["out_dir"] == f"results/{cfg['suite']['name']}"
+    assert all(set(m["tables"]) <= {"table1", "table2"} for m in cfg["methods"])

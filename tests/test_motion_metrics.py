@@ -117,3 +117,6 @@ def test_torchmetrics_wrapper_pools_videos_and_rescales_tracks():
     # pooled over equal counts: (mean t over 1..7) * (1 + 3) / 2 = 4 * 2 = 8
     assert out["objmc"] == pytest.approx(8.0, abs=0.1)
     assert out["n_videos"] == 2 and out["resolution"] == [64, 64] and out["frames"] == frames
+    metric.reset()
+    metric.update(static[:, :32, :48], tracks_128[:, :0])  # a new size after reset is fine
+    assert metric.compute()["resolution"] == [32, 48]

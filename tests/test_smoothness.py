@@ -54,6 +54,6 @@ def test_metric_wrapper_averages_and_rejects_bad_input():
     metric.update(noisy)
     out = metric.compute()
     assert out["value"] == pytest.approx((1.0 + motion_smoothness(noisy)["value"]) / 2)
-    assert out["n_videos"] == 2 and out["frames"] == 5
+    assert out["n_videos"] == 2 and out["frames"] == 5 and out["resolution"] == [32, 32]
     with pytest.raises(ValueError, match="at least 3 frames"):
         motion_smoothness(noisy[:2])

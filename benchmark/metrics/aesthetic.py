@@ -161,16 +161,27 @@ class AestheticScore(Metric):
         self.scorer, self.frame_stride = scorer, frame_stride
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n_videos", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("frames", default=torch.tensor(0), dist_reduce_fx="max")
+        self.add_state("height", default=torch.tensor(0), dist_reduce_fx="max")
+        self.add_state("width", default=torch.tensor(0), dist_reduce_fx="max")
 
     def update(self, video: Any) -> None:
         """``video``: one uint8 (T, H, W, 3) video."""
+        video = video.cpu().numpy() if torch.is_tensor(video) else np.asarray(video)
+        self.frames = torch.maximum(self.frames, torch.tensor(video.shape[0]))
+        self.height = torch.maximum(self.height, torch.tensor(video.shape[1]))
+        self.width = torch.maximum(self.width, torch.tensor(video.shape[2]))
         if self.scorer is None:
             return
-        video = video.cpu().numpy() if torch.is_tensor(video) else np.asarray(video)
         self.total += aesthetic_score(video, self.scorer, self.frame_stride)["value"]
         self.n_videos += 1
 
     def compute(self) -> dict[str, Any]:
         n = int(self.n_videos)
         value = float(self.total) / n if (self.scorer is not None and n) else None
-        return {"value": value, "n_videos": n}
+        return {
+            "value": value,
+            "n_videos": n,
+            "frames": int(self.frames),
+            "resolution": [int(self.height), int(self.width)],  # the largest seen
+        }

@@ -217,6 +217,10 @@ class ObjMC(Metric):
         self.n_videos += 1
         self.frames = torch.maximum(self.frames, torch.tensor(min(video.shape[0], tracks.shape[0])))
 
+    def reset(self) -> None:
+        super().reset()
+        self._seen_size = None
+
     def compute(self) -> dict[str, Any]:
         size = self._seen_size or (0, 0)
         out: dict[str, Any] = finalize_objmc({k: float(getattr(self, k)) for k in _SUM_KEYS}, size)
