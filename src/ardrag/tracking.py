@@ -20,15 +20,17 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["LKParams", "FlowParams", "track_points", "track_points_flow", "to_gray"]
+__all__ = ["LKParams", "FlowParams", "auto_window", "track_points", "track_points_flow", "to_gray"]
 
 
 @dataclass(frozen=True)
 class LKParams:
     """Pyramidal Lucas-Kanade settings (defaults suit 64 px toy clips up to 480p real video)."""
 
-    win_size: int = 21
-    """Side of the square matching window, pixels (odd)."""
+    win_size: int | None = None
+    """Side of the square matching window, pixels (odd). None: ~1/7 of the shorter image side, clamped to
+    7..21 (9 px at 64 x 64, 21 px from ~150 px up): a window much larger than the objects mixes their motion
+    with the background's."""
     max_level: int = 3
     """Pyramid levels above the base image; 3 covers ~ +-60 px per frame with a 21 px window."""
     iters: int = 30
@@ -39,6 +41,10 @@ class LKParams:
     """Max forward-backward round-trip error, pixels, before a point is declared lost."""
     min_eig: float = 1e-4
     """OpenCV's minimum-eigenvalue threshold: flat, textureless windows are declared lost."""
+    min_ncc: float | None = 0.5
+    """Appearance check: a point whose patch no longer correlates (zero-mean NCC) with its frame-0 patch
+    above this is lost. Catches a textured occluder sliding over a point, which the forward-backward check
+    misses because the window then consistently follows the occluder. None disables it."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,39 @@ class FlowParams:
     """OpenCV DIS preset (ULTRAFAST=0, FAST=1, MEDIUM=2)."""
     fb_threshold: float = 1.0
     """Max forward-backward round-trip error, pixels, before a point is declared lost."""
+    finest_scale: int | None = None
+    """Pyramid level DIS stops at (0: full resolution). None: 0 for images up to 256 px on the shorter side
+    (the preset's coarser default blurs the motion of small objects), else the preset's."""
+    min_ncc: float | None = 0.5
+    """Appearance check against the frame-0 patch, as in ``LKParams.min_ncc``."""
+    patch: int | None = None
+    """Side of the appearance-check patch, pixels (None: as LK's automatic window)."""
+
+
+def auto_window(height: int, width: int) -> int:
+    """Default LK window / appearance patch side for an image size: odd, ~min(H, W) / 7, in 7..21."""
+    win = int(np.clip(round(min(height, width) / 7), 7, 21))
+    return win if win % 2 else win + 1
+
+
+def _patches(gray: np.ndarray, pts: np.ndarray, win: int) -> np.ndarray:
+    """Bilinear (win x win) patches of a uint8 (H, W) image centred on (N, 2) sub-pixel points -> (N, win*win)."""
+    off = np.arange(win, dtype=np.float32) - (win - 1) / 2
+    ox, oy = np.meshgrid(off, off)
+    map_x = (pts[:, :1] + ox.reshape(1, -1)).astype(np.float32)
+    map_y = (pts[:, 1:2] + oy.reshape(1, -1)).astype(np.float32)
+    out = cv2.remap(gray.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(len(pts), -1)
+
+
+def _ncc_ok(template: np.ndarray, patch: np.ndarray, threshold: float) -> np.ndarray:
+    """bool (N,): zero-mean NCC of each row pair above threshold; flat templates (no pattern) pass."""
+    a = template - template.mean(axis=1, keepdims=True)
+    b = patch - patch.mean(axis=1, keepdims=True)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    flat = na < 1.0 * np.sqrt(a.shape[1])  # template std under 1 grey level: NCC is noise
+    ncc = (a * b).sum(axis=1) / np.maximum(na * nb, 1e-6)
+    return flat | (ncc >= threshold)
 
 
 def to_gray(frames: np.ndarray) -> np.ndarray:
@@ -106,8 +145,10 @@ def track_points(
     if points.shape[0] == 0:
         return tracks, visible
     gray = to_gray(frames)
+    win = p.win_size or auto_window(h, w)
+    templates = _patches(gray[0], points, win) if p.min_ncc is not None else None
     lk = dict(
-        winSize=(p.win_size, p.win_size),
+        winSize=(win, win),
         maxLevel=p.max_level,
         criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, p.iters, p.eps),
         minEigThreshold=p.min_eig,
@@ -126,6 +167,8 @@ def track_points(
             p1, p0b = p1.reshape(-1, 2), p0b.reshape(-1, 2)
             fb = np.linalg.norm(p0b - p0.reshape(-1, 2), axis=1)
             ok = (st1.ravel() == 1) & (st0.ravel() == 1) & (fb <= p.fb_threshold) & _inside(p1, h, w)
+            if templates is not None:
+                ok &= _ncc_ok(templates[idx], _patches(gray[i], p1, win), p.min_ncc)
             cur[idx[ok]] = p1[ok]
             alive[idx[~ok]] = False
         tracks[i] = cur
@@ -165,6 +208,11 @@ def track_points_flow(
         return tracks, visible
     gray = to_gray(frames)
     dis = cv2.DISOpticalFlow_create(p.preset)
+    finest = p.finest_scale if p.finest_scale is not None else (0 if min(h, w) <= 256 else None)
+    if finest is not None:
+        dis.setFinestScale(finest)
+    win = p.patch or auto_window(h, w)
+    templates = _patches(gray[0], points, win) if p.min_ncc is not None else None
     cur = points.copy()
     for i in range(1, t):
         idx = np.flatnonzero(alive)
@@ -176,6 +224,8 @@ def track_points_flow(
             back = p1 + _sample_flow(bwd, p1)
             fb = np.linalg.norm(back - p0, axis=1)
             ok = (fb <= p.fb_threshold) & _inside(p1, h, w)
+            if templates is not None:
+                ok &= _ncc_ok(templates[idx], _patches(gray[i], p1, win), p.min_ncc)
             cur[idx[ok]] = p1[ok]
             alive[idx[~ok]] = False
         tracks[i] = cur
