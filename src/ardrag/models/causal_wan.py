@@ -398,8 +398,9 @@ class CausalWanTransformer(WanTransformer3DModel):
         k = attn.norm_k(attn.to_k(x)).unflatten(2, (attn.heads, -1))
         v = attn.to_v(x).unflatten(2, (attn.heads, -1))
         q = _apply_rotary(q, cos, sin).transpose(1, 2)  # (B, H, L, Dh)
-        k = _apply_rotary(k, cos, sin).transpose(1, 2)
-        v = v.transpose(1, 2)
+        # contiguous keys/values: torch.cat of transposed views is ~1000x slower on CPU, and the cache concatenates
+        k = _apply_rotary(k, cos, sin).transpose(1, 2).contiguous()
+        v = v.transpose(1, 2).contiguous()
         if cache_step is not None:
             past = cache_step.cache.gather(layer, cache_step.chunk_start)
             if cache_step.write:
