@@ -131,7 +131,9 @@ def _markdown(res: dict) -> str:
         "",
         f"command: `{res['command']}`  ",
         f"seed: {res['seed']}  ",
-        f"machine: {res['machine']}",
+        f"machine: {res['machine']}  ",
+        f"each figure is the best of {res['repeats']} runs (after a warm-up for the loader); the CPUs may be "
+        "shared with other jobs, so treat small differences as noise.",
         "",
         "## Tracking",
         "",
