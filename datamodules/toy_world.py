@@ -43,6 +43,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
 }
 TEXTURES = ("plain", "striped", "checkered", "dotted")
+TOY_WORLD_VERSION = 2
+"""Bumped when rendering changes, so a folder written by an older generator is rewritten, not reused."""
 NEGATIVE_PROMPT = "blurry, distorted shapes, flickering, sprites merging, jitter, low quality"
 
 
@@ -329,10 +331,13 @@ def write_toy_world(
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
         complete = all((out / p).exists() for split in SPLITS for p in old.get("shards", {}).get(split, []))
-        if old.get("settings") == json.loads(json.dumps(settings)) and complete:
+        same = old.get("settings") == json.loads(json.dumps(settings))
+        if same and complete and old.get("version") == TOY_WORLD_VERSION:
             log.info("toy world already written in %s with these settings; nothing to do", out)
             return old
-        if not overwrite:
+        if same:  # same request, older generator or a partial write: safe to redo
+            log.info("rewriting the toy world in %s (generator version or shards changed)", out)
+        elif not overwrite:
             raise FileExistsError(
                 f"{out} holds a toy world written with other settings; pass --overwrite to replace it"
             )
@@ -365,6 +370,7 @@ def write_toy_world(
     if bar is not None:
         bar.close()
     manifest = {
+        "version": TOY_WORLD_VERSION,
         "settings": settings,
         "shards": shards,
         "clips": counts,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 
@@ -110,6 +112,11 @@ def test_write_toy_world_roundtrip(tmp_path):
     # Re-running with the same settings is a no-op; other settings need --overwrite.
     again = write_toy_world(tmp_path, num_train=20, num_val=8, num_test=8, seed=1, samples_per_shard=6)
     assert again["seconds"] == m["seconds"]
+    # A folder from an older generator version with the same settings is rewritten, not reused.
+    manifest = json.loads((tmp_path / "toyworld.json").read_text())
+    (tmp_path / "toyworld.json").write_text(json.dumps({**manifest, "version": 1}))
+    redone = write_toy_world(tmp_path, num_train=20, num_val=8, num_test=8, seed=1, samples_per_shard=6)
+    assert redone["version"] == m["version"] and len(list(iter_samples(tmp_path / "val"))) == 8
     assert main([str(tmp_path), "--num-train", "3", "--quiet"]) == 2
     assert (
         main(
