@@ -118,8 +118,8 @@ def read_clip_frames(path: Path, cfg: PrepareConfig) -> tuple[np.ndarray, dict[s
         raise SkipVideo("unreadable: OpenCV cannot open it")
     try:
         src_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        if not math.isfinite(src_fps) or src_fps <= 0:
-            src_fps = cfg.fps  # unknown rate: take every frame
+        if not math.isfinite(src_fps) or not 0 < src_fps <= 240:
+            src_fps = cfg.fps  # unknown or implausible rate (some containers report 1000): take every frame
         step = max(1.0, src_fps / cfg.fps)  # never duplicate frames to raise the rate
         need = cfg.frames * cfg.clips_per_video
         frames, idx, next_keep, bucket, src_size = [], 0, 0.0, None, None
