@@ -109,6 +109,10 @@ def test_compute_fid_records_and_videos(bikes):
     assert res["resolution"] == [136, 320] and res["real_resolution"] == [136, 320]
     assert res["frames"] == 4 and res["small_n_warning"] is True and res["feature_dim"] == 2048
     assert res["value"] > 0
+    # an iterable of single videos of different lengths: each item is one video, lengths recorded
+    res2 = compute_fid(bikes[20:24], [bikes[:3], bikes[3:8]], batch_size=16, device="cpu")
+    assert res2["n_fake"] == 8 and res2["frames"] == [3, 5]
+    assert res2["value"] == pytest.approx(res["value"], rel=1e-4)  # same frames, same statistics
 
 
 def test_fid_metric_equals_functional(bikes, bikes_feats):

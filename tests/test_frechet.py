@@ -111,6 +111,12 @@ def test_bad_inputs_raise_clear_errors():
         frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3))
     with pytest.raises(ValueError, match="N >= 2"):
         gaussian_stats(np.zeros((1, 5)))
+    with pytest.raises(ValueError, match="N >= 2"):
+        frechet_distance_from_features(np.zeros((1, 5)), np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        frechet_distance_from_features(np.full((3, 5), np.inf), np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        frechet_distance_from_features(np.zeros((3, 5)), np.zeros((3, 4)))
     with pytest.raises(ValueError, match="unknown method"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2), method="svd")
 
@@ -137,3 +143,17 @@ def test_sqrtm_fallbacks(monkeypatch):
     with pytest.warns(UserWarning, match="imaginary"):
         got = frechet_distance(np.zeros(3), np.diag(a), np.zeros(3), np.diag(b), method="sqrtm")
     assert got == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("n1,n2,d", [(6, 9, 64), (40, 30, 32), (3, 100, 20)])
+def test_low_rank_feature_route_equals_covariance_route(n1, n2, d):
+    # N < D uses the exact (N1, N2) nuclear-norm route; it must equal both covariance routes
+    rng = np.random.default_rng(n1 * 100 + n2)
+    f1 = rng.normal(size=(n1, d)) @ rng.normal(size=(d, d)) * 0.3
+    f2 = rng.normal(size=(n2, d)) + rng.normal(size=d)
+    fast = frechet_distance_from_features(f1, f2)
+    for method in METHODS:
+        assert fast == pytest.approx(
+            frechet_distance(*gaussian_stats(f1), *gaussian_stats(f2), method=method), rel=1e-6
+        )
+    assert frechet_distance_from_features(f1, f1) == pytest.approx(0.0, abs=1e-9 * np.sum(f1**2))

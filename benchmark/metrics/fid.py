@@ -30,7 +30,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from ardrag.assets import asset_path
-from benchmark.metrics.frechet import frechet_distance, gaussian_stats
+from benchmark.metrics.frechet import frechet_distance_from_features
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +111,20 @@ def load_inception(
     return _INCEPTION_CACHE[key]
 
 
-def _as_frames(x: np.ndarray | torch.Tensor, what: str) -> tuple[torch.Tensor, int]:
-    """uint8 (N, H, W, 3) or (B, T, H, W, 3) -> uint8 tensor (N, H, W, 3) and frames per video (1 for images)."""
+def _as_frames(
+    x: np.ndarray | torch.Tensor, what: str, item_is_video: bool = False
+) -> tuple[torch.Tensor, int]:
+    """uint8 (N, H, W, 3) or (B, T, H, W, 3) -> uint8 tensor (N, H, W, 3) and frames per video (1 for images).
+
+    ``item_is_video``: a 4-D array is one video (T, H, W, 3) rather than a set of N images.
+    """
     t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
     if t.dtype != torch.uint8:
         raise ValueError(f"{what}: expected uint8 RGB frames, got dtype {t.dtype}")
     if t.ndim == 5 and t.shape[-1] == 3:
         return t.reshape(-1, *t.shape[2:]), int(t.shape[1])
     if t.ndim == 4 and t.shape[-1] == 3:
-        return t, 1
+        return t, int(t.shape[0]) if item_is_video else 1
     if t.ndim == 3 and t.shape[-1] == 3:
         return t[None], 1
     raise ValueError(
@@ -127,11 +132,13 @@ def _as_frames(x: np.ndarray | torch.Tensor, what: str) -> tuple[torch.Tensor, i
     )
 
 
-def _chunks(source: FrameSource) -> Iterable[np.ndarray | torch.Tensor]:
+def _chunks(source: FrameSource) -> Iterable[tuple[np.ndarray | torch.Tensor, bool]]:
+    """(array, item_is_video): a top-level array is a frame set or a video batch; iterable items are videos."""
     if isinstance(source, (np.ndarray, torch.Tensor)):
-        yield source
+        yield source, False
     else:
-        yield from source
+        for item in source:
+            yield item, True
 
 
 def inception_features(
@@ -142,16 +149,16 @@ def inception_features(
 ) -> np.ndarray:
     """TF-Inception pool features (N, 2048) float32 of uint8 RGB frames.
 
-    frames: (N, H, W, 3) frames, (B, T, H, W, 3) videos (every frame counts), or an iterable of such arrays
-    (e.g. one video at a time, sizes may differ). If ``info`` is given it receives the resolutions (H, W) seen
-    and frames per video.
+    frames: an array of frames (N, H, W, 3) or of videos (B, T, H, W, 3) (every frame counts), or an iterable
+    of videos (T, H, W, 3) / video batches (B, T, H, W, 3) whose sizes and lengths may differ. If ``info`` is
+    given it receives the resolutions (H, W) seen and the frames per video (1 for a plain frame set).
     """
     model = load_inception(device)
     dev = next(model.parameters()).device
     out, resolutions, lengths = [], set(), set()
     with torch.inference_mode():
-        for chunk in _chunks(frames):
-            imgs, per_video = _as_frames(chunk, "frames")
+        for chunk, item_is_video in _chunks(frames):
+            imgs, per_video = _as_frames(chunk, "frames", item_is_video)
             resolutions.add((int(imgs.shape[1]), int(imgs.shape[2])))
             lengths.add(per_video)
             for i in range(0, imgs.shape[0], batch_size):
@@ -176,7 +183,7 @@ def fid_from_features(
 ) -> dict[str, Any]:
     """FID result dict from features (N_real, 2048) and (N_fake, 2048); ``record`` entries are added to it."""
     n_real, n_fake = int(len(real_features)), int(len(fake_features))
-    value = frechet_distance(*gaussian_stats(real_features), *gaussian_stats(fake_features), method=method)
+    value = frechet_distance_from_features(real_features, fake_features, method=method)
     small = min(n_real, n_fake) < FEATURE_DIM
     if small:
         log.warning(

@@ -30,7 +30,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from ardrag.assets import asset_path
 from benchmark.metrics.fid import _summary, default_device, resize_bilinear_tf
-from benchmark.metrics.frechet import frechet_distance, gaussian_stats
+from benchmark.metrics.frechet import frechet_distance_from_features
 from benchmark.metrics.i3d import NUM_CLASSES, InceptionI3d
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def fvd_from_features(
 ) -> dict[str, Any]:
     """FVD result dict from I3D logits (K_real, 400) and (K_fake, 400); ``record`` entries are added."""
     n_real, n_fake = int(len(real_features)), int(len(fake_features))
-    value = frechet_distance(*gaussian_stats(real_features), *gaussian_stats(fake_features), method=method)
+    value = frechet_distance_from_features(real_features, fake_features, method=method)
     small = min(n_real, n_fake) < FEATURE_DIM
     if small:
         log.warning(
