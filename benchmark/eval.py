@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -619,6 +620,8 @@ class EvalRunner:
                 w["method"]: sum(v for k, v in w.items() if k not in ("method", "videos")) for w in walltime
             },
             "this_run_seconds": time.time() - t_start,
+            # the machine may be shared: timings are only comparable at similar load
+            "load_avg_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
             "new_videos_this_run": self.n_new,
             "notes": notes,
         }
