@@ -302,15 +302,22 @@ class EvalRunner:
         from tqdm import tqdm
 
         t_start = time.time()
+        rows = self._rows()
+        methods = {}
+        for r in rows:
+            try:
+                methods[r["name"]] = build_method(r["spec"], r["options"])
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"method {r['name']!r}: {e}") from e
         suite = Suite(SuiteConfig(**self.cfg["suite"]))
         items = suite.items()
         if not items:
-            raise RuntimeError(f"suite {suite.config.name}: no usable items in {suite.config.path}")
+            raise ConfigError(
+                f"suite {suite.config.name}: no usable items in {suite.config.path} (skipped: {suite.describe()})"
+            )
         scorer = load_aesthetic(self.metrics["aesthetic"])
         pv_cfg = _per_video_metric_config(self.metrics)
         pv_key = _hash(pv_cfg)
-        rows = self._rows()
-        methods = {r["name"]: build_method(r["spec"], r["options"]) for r in rows}
         total = sum(len(self._seeds(methods[r["name"]])) * len(items) for r in rows)
         results: dict[str, dict[int, dict[str, dict]]] = {}
         bar = tqdm(total=total, desc="ardrag-eval", unit="video", disable=not self.progress)

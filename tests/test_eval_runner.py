@@ -192,6 +192,10 @@ def test_cli_rejects_bad_config_with_one_line(tmp_path, capsys):
     assert ev.main(["--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "at least 3 seeds" in err
+    bad.write_text(f"suite: {{name: x, path: {tmp_path}/none}}\nmethods: [{{spec: magic}}]\n")
+    assert ev.main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown method spec 'magic'" in err
 
 
 def test_set_level_feature_path_reuses_real_features(monkeypatch):
