@@ -160,3 +160,18 @@ def test_fvd_metric_equals_functional(bikes_clips, bikes_feats):
     assert metric.result["n_real"] == 2 and metric.result["resolution"] == [136, 320]
     metric.reset()
     assert not metric.real_features and metric.result is not None
+
+
+def test_golden_comparison_detects_a_padding_slip(golden, monkeypatch):
+    # the fixture has teeth: putting TF's odd extra padding pixel BEFORE instead of after (a classic porting
+    # slip that keeps every shape) moves the logits far beyond the 1e-2 tolerance
+    import benchmark.metrics.i3d as i3d
+
+    def swapped(size, kernel, stride):
+        return [(after, before) for before, after in tf_same_padding(size, kernel, stride)]
+
+    monkeypatch.setattr(i3d, "tf_same_padding", swapped)
+    x = torch.from_numpy(golden["video"][:1]).float().div(127.5).sub(1.0).permute(0, 4, 1, 2, 3)
+    with torch.inference_mode():
+        logits = load_i3d("cpu")(x).numpy()
+    assert np.abs(logits - golden["logits"][:1]).max() > 1e-2

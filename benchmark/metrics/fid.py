@@ -118,7 +118,7 @@ def _as_frames(
 
     ``item_is_video``: a 4-D array is one video (T, H, W, 3) rather than a set of N images.
     """
-    t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+    t = torch.from_numpy(np.ascontiguousarray(x)) if not isinstance(x, torch.Tensor) else x
     if t.dtype != torch.uint8:
         raise ValueError(f"{what}: expected uint8 RGB frames, got dtype {t.dtype}")
     if t.ndim == 5 and t.shape[-1] == 3:

@@ -66,7 +66,7 @@ def select_clips(
     short_videos: str = "error",
 ) -> torch.Tensor:
     """uint8 video (T, H, W, 3) -> uint8 clips (K, clip_frames, H, W, 3) following the module's protocol."""
-    v = torch.as_tensor(np.asarray(video)) if not isinstance(video, torch.Tensor) else video
+    v = torch.from_numpy(np.ascontiguousarray(video)) if not isinstance(video, torch.Tensor) else video
     if v.dtype != torch.uint8 or v.ndim != 4 or v.shape[-1] != 3:
         raise ValueError(f"expected a uint8 RGB video (T, H, W, 3), got {v.dtype} {tuple(v.shape)}")
     t = v.shape[0]
