@@ -162,8 +162,45 @@ def _load_video(path: Path) -> np.ndarray:
         return z["video"]
 
 
+# Modules whose code defines the metric values: a change to any of them invalidates cached metric results
+# (e.g. a tracker fix must not leave old ObjMC numbers in the cache).
+PER_VIDEO_CODE = (
+    "ardrag.tracking",
+    "benchmark.metrics.motion",
+    "benchmark.metrics.smoothness",
+    "benchmark.metrics.aesthetic",
+)
+SET_LEVEL_CODE = {
+    "fid": ("benchmark.metrics.fid", "benchmark.metrics.frechet"),
+    "fvd": (
+        "benchmark.metrics.fvd",
+        "benchmark.metrics.i3d",
+        "benchmark.metrics.frechet",
+        "benchmark.metrics.fid",
+    ),
+}
+
+
+def code_fingerprint(modules: tuple[str, ...]) -> str:
+    """Hash of the source files of ``modules`` (found without importing them); missing modules hash as absent."""
+    import importlib.util
+
+    h = hashlib.sha256()
+    for name in modules:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ModuleNotFoundError, ValueError):  # ValueError: an in-memory module without a spec
+            spec = None
+        origin = spec.origin if spec is not None else None
+        h.update(name.encode() + b"\0")
+        h.update(Path(origin).read_bytes() if origin and Path(origin).is_file() else b"absent")
+    return h.hexdigest()[:16]
+
+
 def _per_video_metric_config(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: metrics[k] for k in ("objmc", "objmc_flow", "report_size", "smoothness", "aesthetic")}
+    cfg = {k: metrics[k] for k in ("objmc", "objmc_flow", "report_size", "smoothness", "aesthetic")}
+    cfg["code"] = code_fingerprint(PER_VIDEO_CODE)
+    return cfg
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -405,14 +442,21 @@ class EvalRunner:
                 out[r["name"]][seed] = {}
                 for kind in kinds:
                     opts = self.metrics[kind]
-                    path = mdir / f"seed{seed}" / f"{kind}-{_hash({'keys': keys, 'opts': opts})}.json"
+                    code = code_fingerprint(SET_LEVEL_CODE[kind])
+                    path = (
+                        mdir
+                        / f"seed{seed}"
+                        / f"{kind}-{_hash({'keys': keys, 'opts': opts, 'code': code})}.json"
+                    )
                     if path.is_file():
                         out[r["name"]][seed][kind] = json.loads(path.read_text())
                         continue
                     fake = [_load_video(mdir / f"seed{seed}" / f"{k}.npz") for k in keys]
                     real_k = [it["video"] for it in items if it["key"] in per_item]
                     real_arr, fake_arr = _match_sets(real_k, fake)
-                    rkey = _hash({"kind": kind, "keys": keys, "shape": real_arr.shape, "opts": opts})
+                    rkey = _hash(
+                        {"kind": kind, "keys": keys, "shape": real_arr.shape, "opts": opts, "code": code}
+                    )
                     rpath = self.cache_dir / f"real-{rkey}.npy"
                     real_feats = np.load(rpath) if rpath.is_file() else None
                     try:

@@ -233,3 +233,14 @@ def test_shipped_configs_parse(path):
     cfg = ev.load_config(path)
     assert len(cfg["seeds"]) >= 3 and cfg["out_dir"] == f"results/{cfg['suite']['name']}"
     assert all(set(m["tables"]) <= {"table1", "table2"} for m in cfg["methods"])
+
+
+def test_code_fingerprint_changes_with_the_metric_source(tmp_path, monkeypatch):
+    mod = tmp_path / "fake_metric_mod.py"
+    mod.write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = ev.code_fingerprint(("fake_metric_mod",))
+    assert ev.code_fingerprint(("fake_metric_mod",)) == before
+    mod.write_text("X = 2\n")  # e.g. a tracker fix: cached metric results must not be reused
+    assert ev.code_fingerprint(("fake_metric_mod",)) != before
+    assert ev.code_fingerprint(("no_such_module_xyz",)) != before
