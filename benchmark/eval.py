@@ -652,7 +652,7 @@ class EvalRunner:
         wt_rows = [[w["method"], w["videos"], *[w.get(k) for k in wt_keys]] for w in walltime]
         atomic_write_bytes(
             out / "walltime.csv",
-            tables._csv_bytes(["method", "videos", *[f"{k}_s" for k in wt_keys]], wt_rows),
+            tables.csv_bytes(["method", "videos", *[f"{k}_s" for k in wt_keys]], wt_rows),
         )
         meta = {
             "command": " ".join(sys.argv),

@@ -53,7 +53,8 @@ def _fmt(mean: float | None, half: float | None, decimals: int) -> str:
     return f"{mean:.{decimals}f} ± {half:.{decimals}f}"
 
 
-def _csv_bytes(header: list[str], rows: list[list[Any]]) -> bytes:
+def csv_bytes(header: list[str], rows: list[list[Any]]) -> bytes:
+    """CSV text of a table: floats to 6 significant digits, None as an empty cell (NA, never 0)."""
     import csv
 
     buf = io.StringIO()
@@ -88,7 +89,7 @@ def write_metric_table(
             mean, half, n = r["cells"].get(key, (None, None, 0))
             line += [mean, half, n]
         csv_rows.append(line)
-    atomic_write_bytes(f"{path_stem}.csv", _csv_bytes(header, csv_rows))
+    atomic_write_bytes(f"{path_stem}.csv", csv_bytes(header, csv_rows))
 
     present = [c for c in columns if any(r["cells"].get(c[0], (None,))[0] is not None for r in rows)]
     absent = [c[1] for c in columns if c not in present]
@@ -123,7 +124,7 @@ def write_latency(path_stem: str, rows: list[dict[str, Any]], notes: list[str]) 
         "hardware",
     ]
     csv_rows = [[r.get(k) for k in header] for r in rows]
-    atomic_write_bytes(f"{path_stem}.csv", _csv_bytes(header, csv_rows))
+    atomic_write_bytes(f"{path_stem}.csv", csv_bytes(header, csv_rows))
     md = [
         "# Latency",
         "",
