@@ -181,6 +181,9 @@ SET_LEVEL_CODE = {
 }
 
 
+SET_LEVEL_RECORD_VERSION = 2  # bump when the fields the runner records with FID/FVD results change
+
+
 def code_fingerprint(modules: tuple[str, ...]) -> str:
     """Hash of the source files of ``modules`` (found without importing them); missing modules hash as absent."""
     import importlib.util
@@ -287,9 +290,15 @@ def set_level_metric(
     if real_features is None:
         real_features = feat_fn(real, **opts)
     fake_features = feat_fn(fake, **opts)
-    record = {"resolution": list(fake.shape[2:4]), "frames": int(fake.shape[1]), "n_videos": int(len(fake))}
+    record = {
+        "resolution": list(fake.shape[2:4]),
+        "n_videos": int(len(fake)),
+        "source_frames": int(fake.shape[1]),
+    }
     if kind == "fid":
-        record["frame_stride"] = stride
+        record.update(frames=int(fake.shape[1]), frame_stride=stride)
+    else:  # FVD sees fixed-length clips, not whole videos
+        record["frames"] = int(opts.get("clip_frames", getattr(mod, "CLIP_FRAMES", fake.shape[1])))
     return fin_fn(real_features, fake_features, method=method, **record), real_features
 
 
@@ -442,7 +451,7 @@ class EvalRunner:
                 out[r["name"]][seed] = {}
                 for kind in kinds:
                     opts = self.metrics[kind]
-                    code = code_fingerprint(SET_LEVEL_CODE[kind])
+                    code = code_fingerprint(SET_LEVEL_CODE[kind]) + f"-record{SET_LEVEL_RECORD_VERSION}"
                     path = (
                         mdir
                         / f"seed{seed}"
@@ -605,11 +614,24 @@ class EvalRunner:
             notes.append(
                 "Aesthetic absent: no local CLIP + LAION head paths in the config (never reported as 0)."
             )
-        for fid_like in ("fid", "fvd"):
-            for per_seed in setlevel.values():
-                if any(v.get(fid_like, {}).get("small_n_warning") for v in per_seed.values()):
-                    notes.append(f"{fid_like.upper()}: small-N warning (biased upward at this N).")
-                    break
+        for kind in ("fid", "fvd"):
+            found = [v[kind] for per_seed in setlevel.values() for v in per_seed.values() if kind in v]
+            if not found:
+                continue
+            ex = found[0]
+            unit = "frames" if kind == "fid" else "clips"
+            what = (
+                f"every {ex.get('frame_stride', 1)}th frame of each video"
+                if kind == "fid"
+                else f"{ex.get('frames', '?')}-frame clips"
+            )
+            line = (
+                f"{kind.upper()}: per seed against the suite's ground truth, over {what} "
+                f"({ex.get('n_real')} real / {ex.get('n_fake')} generated {unit} per set)"
+            )
+            if any(r.get("small_n_warning") for r in found):
+                line += "; small-N warning: fewer samples than feature dimensions, biased upward at this N"
+            notes.append(line + ".")
         tables.write_metric_table(str(out / "table1"), table_rows["table1"], "Table 1: methods", notes)
         tables.write_metric_table(str(out / "table2"), table_rows["table2"], "Table 2: ablations", notes)
 
