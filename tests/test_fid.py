@@ -18,6 +18,15 @@ from benchmark.metrics.fid import (
     load_inception,
     resize_bilinear_tf,
 )
+from benchmark.metrics.frechet import torch_threads
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # one intra-op thread: tests share a 2-core CPU with other jobs, where spinning OpenMP threads made the
+    # networks ~5x slower (scripts/bench_fid_fvd.py measures this); results do not depend on the count
+    with torch_threads(1):
+        yield
 
 
 def _tf_legacy_resize_reference(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

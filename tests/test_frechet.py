@@ -157,3 +157,17 @@ def test_low_rank_feature_route_equals_covariance_route(n1, n2, d):
             frechet_distance(*gaussian_stats(f1), *gaussian_stats(f2), method=method), rel=1e-6
         )
     assert frechet_distance_from_features(f1, f1) == pytest.approx(0.0, abs=1e-9 * np.sum(f1**2))
+
+
+def test_torch_threads_restores_the_count():
+    import torch
+
+    from benchmark.metrics.frechet import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+        frechet_distance(np.zeros(3), np.eye(3), np.ones(3), 2 * np.eye(3))
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

