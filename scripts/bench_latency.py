@@ -58,7 +58,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per mode; per-frame median is reported")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per mode; per-frame median is reported"
+    )
     ap.add_argument("--out", default="results/latency")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
