@@ -244,3 +244,18 @@ def test_code_fingerprint_changes_with_the_metric_source(tmp_path, monkeypatch):
     mod.write_text("X = 2\n")  # e.g. a tracker fix: cached metric results must not be reused
     assert ev.code_fingerprint(("fake_metric_mod",)) != before
     assert ev.code_fingerprint(("no_such_module_xyz",)) != before
+
+
+def test_benchmark_imports_no_training_code():
+    # DESIGN: benchmark/ sees methods only through the generator interface; it must not pull in training code
+    # (the `lightning` trainer, ardrag's training stages). A fresh interpreter shows what really gets imported.
+    import subprocess
+
+    code = (
+        "import sys, benchmark.eval, benchmark.methods, benchmark.suites, benchmark.tables\n"
+        "bad = [m for m in sys.modules if m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning',"
+        " 'ardrag.training', 'ardrag.train'))]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
