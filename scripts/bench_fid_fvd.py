@@ -13,6 +13,8 @@ Rows:
 - ``i3d`` seconds per 16-frame clip at several batch sizes (and one thread), fp32 (the default) and bf16
   autocast, with the max abs logit difference to the golden Flax fixture (bf16 is reported, not used: it
   fails the 1e-2 bar);
+- ``inception`` / ``i3d`` "1 busy core": the same calls while a child process spins on one core, with the
+  default thread count and with one thread (what a shared machine looks like);
 - ``frechet`` seconds for one Fréchet distance at D = 2048 (FID) and D = 400 (FVD): eigh and sqrtm routes on
   full-rank covariances (N = 2D samples), and the exact low-rank route from 64 + 64 feature vectors.
 """
@@ -25,6 +27,7 @@ import io
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -147,7 +150,21 @@ def main() -> None:
             f"max abs diff to golden logits {bf16_err:.2e}",
         )
 
-    # 3. Fréchet distance on random full-rank statistics
+    # 3. Shared CPU: the same calls while one child process spins on a core (like another job on the machine)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        for n in (threads, 1):
+            torch.set_num_threads(n)
+            sec = best_time(lambda: inception_features(video[:8], batch_size=8, device="cpu"), args.repeats)
+            add("inception", f"1 busy core, {n} thread(s)", 8, sec / 8, "frame")
+            sec = best_time(lambda: i3d_features(clips[:2], batch_size=2, device="cpu"), args.repeats)
+            add("i3d", f"1 busy core, {n} thread(s)", 2, sec / 2, "16-frame clip")
+    finally:
+        busy.kill()
+        busy.wait()
+        torch.set_num_threads(threads)
+
+    # 4. Fréchet distance on random full-rank statistics
     for dim in (2048, 400):
         f1, f2 = rng.normal(size=(2 * dim, dim)), rng.normal(size=(2 * dim, dim)) + 0.1
         stats = (f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))

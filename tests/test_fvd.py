@@ -30,7 +30,7 @@ GOLDEN = Path(__file__).parent / "fixtures" / "i3d_golden.npz"
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     # one intra-op thread: tests share a 2-core CPU with other jobs, where spinning OpenMP threads made the
-    # networks ~5x slower (scripts/bench_fid_fvd.py measures this); results do not depend on the count
+    # networks 2-5x slower (see results/metrics/fid_fvd_speed.md); results do not depend on the count
     with torch_threads(1):
         yield
 

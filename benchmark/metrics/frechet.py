@@ -13,7 +13,8 @@ The trace of the matrix square root is the only delicate term. Two ways, both in
 
 The eigh route runs in torch (float64) on ONE thread: eigendecompositions are mostly sequential, so on a quiet
 machine one thread costs about the same as two, while on a shared, oversubscribed CPU the spinning BLAS/LAPACK
-threads made a 2048-dim eigh 20-200x slower (measured: 1.1 s single-threaded vs 22-27 s with 2 threads).
+threads made a 2048-dim eigh 20x slower (ad hoc on this 2-core machine under load: 1.1 s single-threaded vs
+22-27 s with 2 threads).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def _as_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.ndarray,
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run the enclosed torch work on ``n`` intra-op threads (None: unchanged), restoring the count after.
 
-    On a shared CPU, fewer threads than cores avoids OpenMP/BLAS threads spinning against other processes
-    (measured on 2 cores with one busy process: Inception 0.48 s/frame with 2 threads, 0.10 s with 1).
+    On a shared CPU, fewer threads than cores avoids OpenMP/BLAS threads spinning against other processes.
+    On 2 cores, Inception took 0.19 s/frame with 2 threads vs 0.11 s with 1 next to one spinning process
+    (scripts/bench_fid_fvd.py), and 0.48 vs 0.10 s next to another torch job (ad hoc, same machine).
     """
     previous = torch.get_num_threads()
     if n is not None:
