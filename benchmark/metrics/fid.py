@@ -30,7 +30,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from ardrag.assets import asset_path
-from benchmark.metrics.frechet import frechet_distance_from_features, torch_threads
+from benchmark.metrics.frechet import frechet_result, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -195,26 +195,9 @@ def fid_from_features(
     real_features: np.ndarray, fake_features: np.ndarray, method: str = "eigh", **record: Any
 ) -> dict[str, Any]:
     """FID result dict from features (N_real, 2048) and (N_fake, 2048); ``record`` entries are added to it."""
-    n_real, n_fake = int(len(real_features)), int(len(fake_features))
-    value = frechet_distance_from_features(real_features, fake_features, method=method)
-    small = min(n_real, n_fake) < FEATURE_DIM
-    if small:
-        log.warning(
-            "FID with n_real=%d, n_fake=%d frames < %d feature dims is biased upwards; compare only at equal N",
-            n_real,
-            n_fake,
-            FEATURE_DIM,
-        )
-    return {
-        "metric": "fid",
-        "value": value,
-        "n_real": n_real,
-        "n_fake": n_fake,
-        "small_n_warning": small,
-        "feature_dim": FEATURE_DIM,
-        "model_input": [INPUT_SIZE, INPUT_SIZE],
-        **record,
-    }
+    return frechet_result(
+        "fid", real_features, fake_features, FEATURE_DIM, [INPUT_SIZE, INPUT_SIZE], "frames", method, **record
+    )
 
 
 def compute_fid(

@@ -23,6 +23,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -148,3 +149,42 @@ def frechet_distance_from_features(feats1: np.ndarray, feats2: np.ndarray, metho
         value = diff @ diff + np.sum(a1 * a1) + np.sum(a2 * a2) - 2.0 * nuclear
         return max(float(value), 0.0)
     return frechet_distance(*gaussian_stats(f1), *gaussian_stats(f2), method=method)
+
+
+def frechet_result(
+    metric: str,
+    real_features: np.ndarray,
+    fake_features: np.ndarray,
+    feature_dim: int,
+    model_input: list[int],
+    unit: str,
+    method: str = "eigh",
+    **record: Any,
+) -> dict[str, Any]:
+    """The result record shared by FID and FVD: value, sample counts, the small-N flag, and `record` entries.
+
+    With fewer samples (`unit`: frames or clips) than feature dimensions the estimate is biased upwards: the record
+    says so (`small_n_warning`) and a warning is logged.
+    """
+    n_real, n_fake = int(len(real_features)), int(len(fake_features))
+    value = frechet_distance_from_features(real_features, fake_features, method=method)
+    small = min(n_real, n_fake) < feature_dim
+    if small:
+        log.warning(
+            "%s with n_real=%d, n_fake=%d %s < %d feature dims is biased upwards; compare only at equal N",
+            metric.upper(),
+            n_real,
+            n_fake,
+            unit,
+            feature_dim,
+        )
+    return {
+        "metric": metric,
+        "value": value,
+        "n_real": n_real,
+        "n_fake": n_fake,
+        "small_n_warning": small,
+        "feature_dim": feature_dim,
+        "model_input": model_input,
+        **record,
+    }

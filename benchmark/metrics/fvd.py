@@ -30,7 +30,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from ardrag.assets import asset_path
 from benchmark.metrics.fid import _summary, default_device, resize_bilinear_tf
-from benchmark.metrics.frechet import frechet_distance_from_features, torch_threads
+from benchmark.metrics.frechet import frechet_result, torch_threads
 from benchmark.metrics.i3d import NUM_CLASSES, InceptionI3d
 
 log = logging.getLogger(__name__)
@@ -154,26 +154,9 @@ def fvd_from_features(
     real_features: np.ndarray, fake_features: np.ndarray, method: str = "eigh", **record: Any
 ) -> dict[str, Any]:
     """FVD result dict from I3D logits (K_real, 400) and (K_fake, 400); ``record`` entries are added."""
-    n_real, n_fake = int(len(real_features)), int(len(fake_features))
-    value = frechet_distance_from_features(real_features, fake_features, method=method)
-    small = min(n_real, n_fake) < FEATURE_DIM
-    if small:
-        log.warning(
-            "FVD with n_real=%d, n_fake=%d clips < %d feature dims is biased upwards; compare only at equal N",
-            n_real,
-            n_fake,
-            FEATURE_DIM,
-        )
-    return {
-        "metric": "fvd",
-        "value": value,
-        "n_real": n_real,
-        "n_fake": n_fake,
-        "small_n_warning": small,
-        "feature_dim": FEATURE_DIM,
-        "model_input": [INPUT_SIZE, INPUT_SIZE],
-        **record,
-    }
+    return frechet_result(
+        "fvd", real_features, fake_features, FEATURE_DIM, [INPUT_SIZE, INPUT_SIZE], "clips", method, **record
+    )
 
 
 def compute_fvd(

@@ -9,7 +9,6 @@ than isolates one method on CPU). The hardware string is recorded with every mea
 
 from __future__ import annotations
 
-import platform
 import resource
 import time
 from collections.abc import Callable, Iterator
@@ -18,26 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def hardware_string() -> str:
-    """CPU model, logical cores, torch threads and GPU name (if any)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import os
-
-    parts = [f"CPU {cpu} x{os.cpu_count()}", f"torch threads {torch.get_num_threads()}"]
-    if torch.cuda.is_available():
-        parts.append(f"GPU {torch.cuda.get_device_name(0)}")
-    else:
-        parts.append("no GPU")
-    return "; ".join(parts)
+from ardrag.hardware import hardware_string
 
 
 def _peak_memory_mb(device: str) -> float:
