@@ -52,24 +52,37 @@ class PipelineConfig:
     mode: str = "autoregressive"
     """'autoregressive' (frame-wise student with KV cache) or 'bidirectional' (teacher / initial model)."""
     height: int = 64
+    """Generated video height, pixels (images and drags are rescaled to it)."""
     width: int = 64
+    """Generated video width, pixels."""
     fps: float = 8.0
+    """Frame rate written to output files."""
     codec: dict[str, Any] = field(default_factory=lambda: {"type": "pixel", "factor": 4})
+    """`{"type": "pixel", "factor": 4}` (toy) or `{"type": "wan_vae", "path": LOCAL_DIR}` (full scale)."""
     text_encoder: dict[str, Any] = field(
         default_factory=lambda: {"type": "hash", "dim": 64, "max_length": 16}
     )
     timesteps: list[float] | None = field(default_factory=lambda: [1000.0, 755.0, 522.0])
+    """Denoising timesteps per frame, used as given (the paper's); None: `num_steps` uniform, warped by `shift`."""
     num_steps: int = 3
     shift: float = 1.0
     chunk_size: int = 1
+    """Latent frames generated together (1: AR-Drag; 3: the Self-Forcing-style baseline)."""
     cache_frames: int = 7
+    """KV cache window in latent frames, sinks included (the paper's memory of 7 frames)."""
     sink_frames: int = 0
+    """First frames kept in the cache forever (attention sink)."""
     context_timestep: float = 0.0
+    """Timestep at which clean frames are written to the cache."""
     guidance_scale: float = 1.0
+    """Classifier-free guidance on the text (1: off, as for a distilled student)."""
     negative_prompt: str = ""
     heatmap_sigma: float = 2.0
+    """Gaussian blob sigma of the trajectory heatmaps, pixels of the generated video."""
     max_tracks: int = 64
+    """Most drags accepted (trajectory files with more are refused)."""
     max_frames: int = 1024
+    """Most video frames accepted (bounded by the backbone's rope_max_seq_len in latent frames)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("autoregressive", "bidirectional"):
