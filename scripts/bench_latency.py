@@ -118,7 +118,8 @@ def main() -> None:
     for name, g in df.groupby("mode", sort=False):
         ax.plot(g["frame"][1:], g["seconds"][1:] * 1e3, label=name)
     ax.set_xlabel("latent frame index")
-    ax.set_ylabel("latency per frame (ms)")
+    ax.set_ylabel("latency per frame (ms, log scale)")
+    ax.set_yscale("log")  # the recompute curve would flatten the two cached ones on a linear axis
     ax.set_title(f"Frame-wise AR latency ({args.preset} model, {args.size}px, CPU)")
     ax.legend()
     fig.tight_layout()
