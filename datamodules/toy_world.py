@@ -216,10 +216,17 @@ def render_clip(
         local_pts.append((0.0, 0.0))
         roles.append("centre")
         owner.append(k)
-        got = 0
+        got, tries = 0, 0
+        # 1.5 px inside the edge; less for sprites so small (sizes < 64) that no point lies that deep in a cross arm
+        depth = min(1.5, 0.3 * sp["radius"])
         while got < cfg.points_per_sprite:
+            tries += 1
+            if tries > 100_000:
+                raise ValueError(
+                    f"cannot place track points inside a {sp['shape']} of radius {sp['radius']:.1f} px"
+                )
             u, v = rng.uniform(-sp["radius"], sp["radius"], size=2)
-            if _sdf(sp["shape"], np.array(u), np.array(v), sp["radius"]) < -1.5:  # 1.5 px inside the edge
+            if _sdf(sp["shape"], np.array(u), np.array(v), sp["radius"]) < -depth:
                 local_pts.append((float(u), float(v)))
                 roles.append("on")
                 owner.append(k)
