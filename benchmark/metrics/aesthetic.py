@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics import Metric
+
+from benchmark.metrics.base import PerVideoMean
 
 # OpenAI CLIP preprocessing constants (the same as CLIPImageProcessor's defaults).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -150,38 +151,13 @@ def aesthetic_score(
     return {**out, "value": float(scorer(sampled).mean()), "n_scored": int(len(sampled))}
 
 
-class AestheticScore(Metric):
+class AestheticScore(PerVideoMean):
     """torchmetrics wrapper: mean per-video aesthetic score; ``compute()['value']`` is None without weights."""
-
-    full_state_update = False
-    higher_is_better = True
 
     def __init__(self, scorer: AestheticScorer | None, frame_stride: int = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scorer, self.frame_stride = scorer, frame_stride
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("n_videos", default=torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("frames", default=torch.tensor(0), dist_reduce_fx="max")
-        self.add_state("height", default=torch.tensor(0), dist_reduce_fx="max")
-        self.add_state("width", default=torch.tensor(0), dist_reduce_fx="max")
+        self.available = scorer is not None
 
-    def update(self, video: Any) -> None:
-        """``video``: one uint8 (T, H, W, 3) video."""
-        video = video.cpu().numpy() if torch.is_tensor(video) else np.asarray(video)
-        self.frames = torch.maximum(self.frames, torch.tensor(video.shape[0]))
-        self.height = torch.maximum(self.height, torch.tensor(video.shape[1]))
-        self.width = torch.maximum(self.width, torch.tensor(video.shape[2]))
-        if self.scorer is None:
-            return
-        self.total += aesthetic_score(video, self.scorer, self.frame_stride)["value"]
-        self.n_videos += 1
-
-    def compute(self) -> dict[str, Any]:
-        n = int(self.n_videos)
-        value = float(self.total) / n if (self.scorer is not None and n) else None
-        return {
-            "value": value,
-            "n_videos": n,
-            "frames": int(self.frames),
-            "resolution": [int(self.height), int(self.width)],  # the largest seen
-        }
+    def score(self, video: np.ndarray) -> float | None:
+        return aesthetic_score(video, self.scorer, self.frame_stride)["value"]

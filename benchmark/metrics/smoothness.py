@@ -15,8 +15,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
-from torchmetrics import Metric
+
+from benchmark.metrics.base import PerVideoMean
 
 
 def _dis() -> cv2.DISOpticalFlow:
@@ -77,34 +77,8 @@ def motion_smoothness(video: np.ndarray) -> dict[str, Any]:
     }
 
 
-class MotionSmoothness(Metric):
+class MotionSmoothness(PerVideoMean):
     """torchmetrics wrapper: mean motion smoothness (flow-interp) over the videos passed to ``update``."""
 
-    full_state_update = False
-    higher_is_better = True
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("n_videos", default=torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("frames", default=torch.tensor(0), dist_reduce_fx="max")
-        self.add_state("height", default=torch.tensor(0), dist_reduce_fx="max")
-        self.add_state("width", default=torch.tensor(0), dist_reduce_fx="max")
-
-    def update(self, video: Any) -> None:
-        """``video``: one uint8 (T, H, W, 3) video (numpy or tensor)."""
-        video = video.cpu().numpy() if torch.is_tensor(video) else np.asarray(video)
-        self.height = torch.maximum(self.height, torch.tensor(video.shape[1]))
-        self.width = torch.maximum(self.width, torch.tensor(video.shape[2]))
-        self.total += motion_smoothness(video)["value"]
-        self.n_videos += 1
-        self.frames = torch.maximum(self.frames, torch.tensor(video.shape[0]))
-
-    def compute(self) -> dict[str, Any]:
-        n = int(self.n_videos)
-        return {
-            "value": float(self.total) / n if n else float("nan"),
-            "n_videos": n,
-            "frames": int(self.frames),
-            "resolution": [int(self.height), int(self.width)],  # the largest seen
-        }
+    def score(self, video: np.ndarray) -> float:
+        return motion_smoothness(video)["value"]
