@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ardrag.codecs import Codec, build_codec
-from ardrag.conditioning import Conditioner, image_to_tensor, video_to_uint8
+from ardrag.conditioning import Conditioner, cond_channels, image_to_tensor, video_to_uint8
 from ardrag.models.attention import CausalConfig
 from ardrag.models.causal_wan import CausalWanTransformer
 from ardrag.models.presets import preset_config
@@ -172,7 +172,7 @@ class ARDragPipeline:
             in_channels=codec.latent_channels,
             out_channels=codec.latent_channels,
             text_dim=text.dim,
-            cond_in_channels=2 * codec.latent_channels + 1,
+            cond_in_channels=cond_channels(codec),
             **model_overrides,
         )
         return cls(CausalWanTransformer(**model_cfg), codec, text, config)
@@ -197,7 +197,7 @@ class ARDragPipeline:
                 f"transformer has in_channels={transformer.config.in_channels}, codec has {codec.latent_channels}"
             )
         if transformer.config.cond_in_channels == 0:
-            transformer.add_condition_channels(2 * codec.latent_channels + 1)
+            transformer.add_condition_channels(cond_channels(codec))
         return cls(transformer, codec, text, config)
 
     @classmethod

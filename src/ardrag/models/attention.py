@@ -31,13 +31,6 @@ class CausalConfig:
         if not 0 <= self.sink_frames < self.cache_frames:
             raise ValueError(f"sink_frames must be in [0, cache_frames), got {self.sink_frames}")
 
-    def context_frames(self, chunk_start: int) -> list[int]:
-        """Absolute indices of past frames visible to the chunk that starts at `chunk_start`."""
-        recent = self.cache_frames - self.sink_frames
-        sinks = list(range(min(self.sink_frames, chunk_start)))
-        first_recent = max(len(sinks), chunk_start - recent)
-        return sinks + list(range(first_recent, chunk_start))
-
 
 def frame_visible(q_pos: torch.Tensor, k_pos: torch.Tensor, cfg: CausalConfig | None) -> torch.Tensor:
     """Boolean (Fq, Fk): may a query frame at absolute position q_pos see a key frame at k_pos.
@@ -117,9 +110,20 @@ class KVCache:
         return self.frames[-1] + 1 if self.frames else 0
 
     def visible_index(self, chunk_start: int) -> list[int]:
-        """Positions inside the cache (not absolute) of the frames visible to a chunk starting at chunk_start."""
-        wanted = set(self.cfg.context_frames(chunk_start))
-        return [i for i, f in enumerate(self.frames) if f in wanted]
+        """Positions inside the cache (not absolute) of the frames visible to a chunk starting at chunk_start.
+
+        The same rule as the masked forward (`frame_visible`), so cached and masked generation agree.
+        """
+        if not self.frames:
+            return []
+        vis = frame_visible(torch.tensor([chunk_start]), torch.tensor(self.frames), self.cfg)[0]
+        return vis.nonzero().flatten().tolist()
+
+    def _select(self, kv: LayerKV, idx: list[int]) -> LayerKV:
+        """Keys/values of the cached frames at cache positions `idx`."""
+        t = self.tokens_per_frame
+        tok = torch.cat([torch.arange(i * t, (i + 1) * t) for i in idx]).to(kv.k.device)
+        return LayerKV(kv.k.index_select(2, tok), kv.v.index_select(2, tok))
 
     def gather(self, layer: int, chunk_start: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Cached (k, v) of `layer` visible to the chunk starting at `chunk_start`, or None when empty."""
@@ -131,9 +135,8 @@ class KVCache:
             return None
         if len(idx) == len(self.frames):
             return kv.k, kv.v
-        t = self.tokens_per_frame
-        tok = torch.cat([torch.arange(i * t, (i + 1) * t) for i in idx]).to(kv.k.device)
-        return kv.k.index_select(2, tok), kv.v.index_select(2, tok)
+        sel = self._select(kv, idx)
+        return sel.k, sel.v
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Append new frames' keys/values for one layer (bookkeeping of `frames` is done by `commit`)."""
@@ -145,19 +148,12 @@ class KVCache:
     def commit(self, new_frames: list[int]) -> None:
         """Record the frames just appended to every layer, then evict frames no future chunk can see."""
         self.frames.extend(new_frames)
-        future = self.frames[-1] + 1
-        keep_abs = set(self.cfg.context_frames(future))
-        # a future chunk may start later than `future` only by generating further frames, which only moves the
-        # window forward, so frames outside the window for `future` are never visible again.
-        keep = [i for i, f in enumerate(self.frames) if f in keep_abs]
+        # a future chunk may start later than the next frame only by generating further frames, which only moves
+        # the window forward, so frames invisible to the next chunk are never visible again.
+        keep = self.visible_index(self.frames[-1] + 1)
         if len(keep) == len(self.frames):
             return
-        t = self.tokens_per_frame
-        for li, kv in enumerate(self.layers):
-            if kv is None:
-                continue
-            tok = torch.cat([torch.arange(i * t, (i + 1) * t) for i in keep]).to(kv.k.device)
-            self.layers[li] = LayerKV(kv.k.index_select(2, tok), kv.v.index_select(2, tok))
+        self.layers = [None if kv is None else self._select(kv, keep) for kv in self.layers]
         self.frames = [self.frames[i] for i in keep]
 
     def num_cached_frames(self) -> int:
