@@ -41,6 +41,21 @@ MALFORMED = {
 }
 
 
+def _args(checkpoint, image, trajectory, out, *extra: str) -> list[str]:
+    """ardrag-generate's command line."""
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--image",
+        str(image),
+        "--trajectory",
+        str(trajectory),
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def _write_case(path, obj):
     if obj == "NAN":
         path.write_text('{"tracks": [[[1, NaN]]]}')
@@ -87,18 +102,7 @@ def test_malformed_trajectory_is_refused_with_one_line_and_exit_2(case, tmp_path
     ckpt.mkdir()
     cfg = PipelineConfig(max_frames=8, max_tracks=4)
     (ckpt / "ardrag_pipeline.json").write_text(json.dumps(cfg.__dict__))
-    rc = main(
-        [
-            "--checkpoint",
-            str(ckpt),
-            "--image",
-            str(image_path),
-            "--trajectory",
-            str(traj),
-            "--out",
-            str(tmp_path / "o.mp4"),
-        ]
-    )
+    rc = main(_args(ckpt, image_path, traj, tmp_path / "o.mp4"))
     err = capsys.readouterr().err
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("ardrag-generate: error: ") and message in err
@@ -109,18 +113,7 @@ def test_not_json_and_missing_file(tmp_path, image_path, export_dir, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{tracks: ")
     for traj, msg in ((bad, "not valid JSON"), (tmp_path / "none.json", "cannot read")):
-        rc = main(
-            [
-                "--checkpoint",
-                str(export_dir),
-                "--image",
-                str(image_path),
-                "--trajectory",
-                str(traj),
-                "--out",
-                str(tmp_path / "o.mp4"),
-            ]
-        )
+        rc = main(_args(export_dir, image_path, traj, tmp_path / "o.mp4"))
         err = capsys.readouterr().err
         assert rc == 2 and msg in err and err.count("\n") == 1
 
@@ -133,14 +126,7 @@ def test_console_script_exit_code_and_no_traceback(tmp_path, image_path, export_
             sys.executable,
             "-m",
             "ardrag.cli.generate",
-            "--checkpoint",
-            str(export_dir),
-            "--image",
-            str(image_path),
-            "--trajectory",
-            str(traj),
-            "--out",
-            str(tmp_path / "o.mp4"),
+            *_args(export_dir, image_path, traj, tmp_path / "o.mp4"),
         ],
         capture_output=True,
         text=True,
@@ -161,21 +147,7 @@ def test_generate_writes_mp4_and_gif(tmp_path, image_path, export_dir):
     traj = tmp_path / "t.json"
     traj.write_text(json.dumps(GOOD))
     out = tmp_path / "video.mp4"
-    rc = main(
-        [
-            "--checkpoint",
-            str(export_dir),
-            "--image",
-            str(image_path),
-            "--trajectory",
-            str(traj),
-            "--out",
-            str(out),
-            "--gif",
-            "--seed",
-            "1",
-        ]
-    )
+    rc = main(_args(export_dir, image_path, traj, out, "--gif", "--seed", "1"))
     assert rc == 0
     frames, _ = read_video(out)
     assert frames.shape == (3, 32, 32, 3)
