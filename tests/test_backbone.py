@@ -30,7 +30,10 @@ def test_zero_initialised_condition_channels_reproduce_base_model():
     with torch.no_grad():
         ref = base(x, t, ctx).sample
         out = model(x, t, ctx, cond=torch.randn(2, 7, 3, 8, 8))
-    assert torch.equal(out, ref)  # bidirectional mode is the base model, bit for bit
+    # Bidirectional mode is the base model. Our forward and diffusers' are different code (different op order,
+    # so kernels may round differently by CPU): float32 rounding gives ~1.5e-6 on outputs of magnitude ~5; a wrong
+    # weight, channel or timestep embedding would differ by > 1e-2.
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
 def test_added_condition_channels_start_at_zero_and_learn():
@@ -42,7 +45,9 @@ def test_added_condition_channels_start_at_zero_and_learn():
     assert model.config.cond_in_channels == 5
     cond = torch.randn(1, 5, 2, 4, 4)
     out = model(x, t, ctx, cond=cond)
-    assert torch.equal(out.detach(), before)
+    # zero-initialised channels add exact zeros in IEEE arithmetic; the tolerance only guards against a kernel that
+    # reassociates the patch-embedding sum differently once the new layer exists (a non-zero init gives > 1e-2)
+    torch.testing.assert_close(out.detach(), before, rtol=0, atol=1e-6)
     out.square().mean().backward()
     assert model.cond_embedding.weight.grad.abs().sum() > 0  # the new channels receive gradient
 
@@ -95,7 +100,8 @@ def test_causal_mask_forward_ignores_the_future():
         x2 = x.clone()
         x2[:, :, 3:] += 1.0
         b = model(x2, t, ctx, causal=causal)
-    assert torch.equal(a[:, :, :3], b[:, :, :3])
+    # past frames do not see the change: equal up to float32 rounding (a leak through the mask gives > 1e-3)
+    assert (a[:, :, :3] - b[:, :, :3]).abs().max() <= 1e-6
     assert (a[:, :, 3:] - b[:, :, 3:]).abs().max() > 1e-3
 
 
@@ -149,7 +155,7 @@ def test_per_frame_timesteps_change_only_their_frame_under_causal_mask():
     t2[0, 2] = 100.0
     with torch.no_grad():
         a, b = model(x, t1, ctx, causal=causal), model(x, t2, ctx, causal=causal)
-    assert torch.equal(a[:, :, :2], b[:, :, :2])
+    assert (a[:, :, :2] - b[:, :, :2]).abs().max() <= 1e-6  # rounding only; a leak gives > 1e-3
     assert (a[:, :, 2] - b[:, :, 2]).abs().max() > 1e-3
 
 

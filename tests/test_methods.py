@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from _compare import frames_close, max_level_diff
 
 from benchmark.methods import (
     MissingVideo,
@@ -112,12 +113,12 @@ def test_pipeline_adapter_on_an_exported_untrained_model(tmp_path):
     assert video.shape == (3, pipe.height, pipe.width, 3) and video.dtype == np.uint8
     # the adapter passes conditions and seed through: the same video as a direct call with seed 3 (and not the
     # default seed 0's), and its stream yields the same frames
+    # (a loaded copy and the in-memory pipeline are different tensors, so kernels may round differently: <= 1 level)
     direct = pipe(item["image"], item["tracks"], item["visible"], prompt=item["prompt"], seed=3)
-    assert np.array_equal(video, direct)
-    assert not np.array_equal(
-        pipe(item["image"], item["tracks"], item["visible"], prompt=item["prompt"]), video
-    )
-    assert np.array_equal(np.stack(list(m.stream(item, 3))), video)
+    assert frames_close(video, direct)
+    seed0 = pipe(item["image"], item["tracks"], item["visible"], prompt=item["prompt"])
+    assert max_level_diff(seed0, video) > 10  # another seed is another video, far beyond rounding
+    assert frames_close(np.stack(list(m.stream(item, 3))), video)
     # config options override the exported config (e.g. the teacher's number of steps)
     m2 = build_method(f"pipeline:{tmp_path / 'init'}", {"timesteps": None, "num_steps": 2})
     assert m2.pipe.config.num_steps == 2 and method_key(m2) != method_key(m)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _compare import frames_close, max_level_diff
 
 from ardrag import ARDragPipeline
 from ardrag.pipeline import PipelineConfig
@@ -45,7 +46,7 @@ def test_stream_yields_exactly_the_call_frames(pipe, inputs):
     video = pipe(image, tracks, prompt="a red disc", seed=3)
     assert video.shape == (T, 32, 32, 3) and video.dtype == np.uint8
     streamed = np.stack(list(pipe.stream(image, tracks, prompt="a red disc", seed=3)))
-    assert np.array_equal(streamed, video)
+    assert frames_close(streamed, video)  # frame-by-frame decode vs one call: rounding only
     other_seed = pipe(image, tracks, prompt="a red disc", seed=4)
     assert np.abs(other_seed.astype(int) - video).max() > 10
 
@@ -54,7 +55,7 @@ def test_reference_mode_without_cache_matches(pipe, inputs):
     image, tracks = inputs
     a = pipe(image, tracks, seed=1)
     b = pipe(image, tracks, seed=1, use_kv_cache=False)
-    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8 rounding of <= 1e-4 latent differences
+    assert frames_close(a, b)  # uint8 rounding of <= 1e-4 latent differences
 
 
 def test_trajectory_update_mid_stream_changes_only_later_frames(pipe, inputs):
@@ -68,11 +69,9 @@ def test_trajectory_update_mid_stream_changes_only_later_frames(pipe, inputs):
     frames.append(stream.send({"tracks": moved}))  # frame k is the first generated with the new drag
     frames += list(stream)
     frames = np.stack(frames)
-    assert np.array_equal(frames[:k], base[:k])
-    assert np.abs(frames[k:].astype(int) - base[k:]).max() > 10
-    # and it equals a fresh call whose conditions switch at frame k: check frame k against a full new call's
-    # sensitivity: the update is not ignored and the prefix is not regenerated
-    assert not np.array_equal(frames[k:], base[k:])
+    # frames before the update are the call's (stream vs call: rounding only); later ones follow the new drag
+    assert frames_close(frames[:k], base[:k])
+    assert max_level_diff(frames[k:], base[k:]) > 10
 
 
 def test_prompt_and_trajectory_condition_the_output(pipe, inputs):
@@ -80,7 +79,9 @@ def test_prompt_and_trajectory_condition_the_output(pipe, inputs):
     a = pipe(image, tracks, prompt="a red disc", seed=0)
     b = pipe(image, tracks, prompt="a blue square", seed=0)
     c = pipe(image, tracks[:, ::-1], prompt="a red disc", seed=0)
-    assert not np.array_equal(a, b)  # text reaches the output (weakly, with random weights)
+    # text reaches the output (weakly, with random weights): the same call on the same shapes, so without text
+    # conditioning the two videos would be bit-identical on any CPU
+    assert not np.array_equal(a, b)
     assert np.abs(a.astype(int) - c).max() > 5
 
 
@@ -98,7 +99,7 @@ def test_bidirectional_mode_and_guidance(inputs):
     teacher = make_pipe(mode="bidirectional", timesteps=None, num_steps=4, shift=3.0, guidance_scale=3.0)
     video = teacher(image, tracks, prompt="a red disc", negative_prompt="blurry", seed=0)
     assert video.shape == (T, 32, 32, 3)
-    assert np.array_equal(
+    assert frames_close(
         np.stack(list(teacher.stream(image, tracks, prompt="a red disc", negative_prompt="blurry", seed=0))),
         video,
     )
