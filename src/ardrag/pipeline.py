@@ -130,6 +130,7 @@ class _Prepared:
     noise: torch.Tensor
     num_frames: int  # video frames to return
     image_size: tuple[int, int]  # (W, H) of the caller's coordinate frame
+    generator: torch.Generator  # continues after the noise draw: context noise (context_timestep > 0)
 
 
 class ARDragPipeline:
@@ -307,7 +308,7 @@ class ARDragPipeline:
         h, w = self.height // self.codec.spatial_factor, self.width // self.codec.spatial_factor
         g = torch.Generator().manual_seed(int(seed))
         noise = torch.randn(1, self.codec.latent_channels, f, h, w, generator=g).to(self.device)
-        return _Prepared(Conditions(ctx, cond, neg_ctx), noise, t, size)
+        return _Prepared(Conditions(ctx, cond, neg_ctx), noise, t, size, g)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -335,7 +336,7 @@ class ARDragPipeline:
         den = Denoiser(self.transformer, prep.conditions, self.config.guidance_scale)
         if self.config.mode == "bidirectional":
             return sample_bidirectional(den, prep.noise, self.config.schedule())
-        chunks = iter_rollout(den, prep.noise, self.config.rollout(use_kv_cache))
+        chunks = iter_rollout(den, prep.noise, self.config.rollout(use_kv_cache), generator=prep.generator)
         return torch.cat([c.clean for c in chunks], dim=2)
 
     @torch.no_grad()
@@ -385,7 +386,11 @@ class ARDragPipeline:
         den = Denoiser(self.transformer, prep.conditions, self.config.guidance_scale)
         emitted = 0
         for chunk in iter_rollout(
-            den, prep.noise, self.config.rollout(use_kv_cache), on_chunk_start=apply_updates
+            den,
+            prep.noise,
+            self.config.rollout(use_kv_cache),
+            generator=prep.generator,
+            on_chunk_start=apply_updates,
         ):
             frames = video_to_uint8(decode(chunk.clean)[0])
             for frame in frames:

@@ -205,6 +205,24 @@ class Denoiser:
         )
         return self._combine(v[:, :, start:])
 
+    def teacher_forcing(
+        self,
+        clean: torch.Tensor,
+        noisy: torch.Tensor,
+        t: torch.Tensor,
+        causal: CausalConfig,
+        context_t: float,
+    ) -> torch.Tensor:
+        """All chunks at once in the teacher-forcing layout [clean | noisy]: noisy (B, C, F, h, w) at per-frame
+        timesteps t (B, F) sees the clean frames (at `context_t`) of its window, as the KV cache would hold them."""
+        cond = self.c.cond_slice(0, noisy.shape[2])
+        x2, t2, ctx, cond2, img = self._inputs(noisy, t, cond)
+        clean2 = torch.cat([clean, clean]) if self.guided else clean
+        v = self.model.forward_teacher_forcing(
+            clean2, x2, t2, ctx, causal, cond=cond2, encoder_hidden_states_image=img, clean_timestep=context_t
+        )
+        return self._combine(v)
+
     def full(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Bidirectional forward over all frames (the teacher / initial model)."""
         x2, t2, ctx, cond2, img = self._inputs(x, t, self.c.cond)
@@ -216,20 +234,28 @@ class Denoiser:
 class ChunkResult:
     """One finished chunk of latent frames [start, start + c).
 
-    clean: the clean latents written to the cache (no gradient); grad_x0: the x0-prediction at the step chosen for
-    gradient (Self-Rollout), else None; sde_step: index of the SDE step in this chunk (-1 none); log_prob (B,) and
+    clean: the chunk's output latents (no gradient): the result of all N steps (`full_denoise`), or the
+    x0-prediction at the exit step (`exit_prediction`, `ground_truth`); cached: the latents written into the KV
+    cache, exactly as written (context noise included); grad_x0: the x0-prediction at the exit step (`grad_steps`),
+    carrying gradient when the rollout ran with grad enabled; grad_state: the noisy state x at that step (detached,
+    for recomputing it later); sde_step: index of the SDE step in this chunk (-1 none); log_prob (B,) and
     sde_prev / sde_sample / sde_mean: the state, action and Gaussian mean of that step (for GRPO).
     """
 
     start: int
     clean: torch.Tensor
+    cached: torch.Tensor | None = None
     grad_x0: torch.Tensor | None = None
     grad_step: int = -1
+    grad_state: torch.Tensor | None = None
     sde_step: int = -1
     log_prob: torch.Tensor | None = None
     sde_prev: torch.Tensor | None = None
     sde_sample: torch.Tensor | None = None
     sde_mean: torch.Tensor | None = None
+
+
+CACHE_UPDATES = ("full_denoise", "exit_prediction", "ground_truth")
 
 
 @dataclass
@@ -239,12 +265,39 @@ class RolloutConfig:
     schedule: FlowSchedule = field(default_factory=FlowSchedule)
     causal: CausalConfig = field(default_factory=CausalConfig)
     context_timestep: float = 0.0
-    """Timestep at which clean frames are written to the cache (0, or a small context noise level)."""
+    """Timestep at which clean frames are written to the cache; > 0 also noises them to that level
+    (x = (1 - s) x0 + s eps, eps drawn from the rollout's generator), as the label says."""
+    cache_update: str = "full_denoise"
+    """What enters the cache after a chunk: 'full_denoise' (Self-Rollout: the result of all N steps, as at
+    inference), 'exit_prediction' (Self-Forcing: the x0-prediction at the exit step, later steps skipped) or
+    'ground_truth' (teacher forcing: the data latents). The exit step of chunk m is grad_steps[m] (else the last)."""
     noise_level: float = 0.7
     """SDE noise level a (Flow-GRPO) for the selected stochastic step."""
     guidance_scale: float = 1.0
     use_kv_cache: bool = True
     """False: recompute the context with the masked full-sequence forward at every step (reference mode)."""
+
+    def __post_init__(self) -> None:
+        if self.cache_update not in CACHE_UPDATES:
+            raise ValueError(f"cache_update must be one of {CACHE_UPDATES}, got {self.cache_update!r}")
+        if not 0.0 <= self.context_timestep < NUM_TRAIN_TIMESTEPS:
+            raise ValueError(f"context_timestep must be in [0, 1000), got {self.context_timestep}")
+
+
+def randn(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """float32 standard normal noise drawn on the generator's device, then moved: a CPU generator may drive CUDA
+    tensors and a seed gives the same numbers on every device."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
+
+
+def context_frames(clean: torch.Tensor, context_timestep: float, generator: torch.Generator | None):
+    """The latents a clean chunk is written to the cache as: clean itself at t = 0, else noised to that level."""
+    if context_timestep == 0:
+        return clean
+    s = context_timestep / NUM_TRAIN_TIMESTEPS
+    eps = randn(clean.shape, generator, clean.device)
+    return ((1 - s) * clean.float() + s * eps).to(clean.dtype)
 
 
 def iter_rollout(
@@ -255,14 +308,17 @@ def iter_rollout(
     grad_steps: list[int] | None = None,
     generator: torch.Generator | None = None,
     on_chunk_start: Callable[[int], None] | None = None,
+    ground_truth: torch.Tensor | None = None,
 ) -> Iterator[ChunkResult]:
     """Generate latent frames chunk by chunk from `noise` (B, C, F, h, w), yielding each chunk when clean.
 
     Per chunk m, x <- noise_m; for n in 0..N-1: x <- step(x, n) where step n is the Flow-GRPO SDE step when
     n == sde_steps[m] (else the Euler ODE step), and carries gradient only when n == grad_steps[m] (Self-Rollout).
-    The clean result of all N steps is written to the KV cache by one forward at `context_timestep`, so later
-    chunks condition only on self-generated frames, exactly as at inference. `on_chunk_start(start)` runs before a
-    chunk (the streaming pipeline swaps conditions there).
+    What enters the KV cache is set by `cfg.cache_update` (see `RolloutConfig`); it is written by one forward at
+    `context_timestep` without gradient, so later chunks condition on it exactly as at inference, and no gradient
+    ever flows through cached keys/values (`backward_exit_predictions` offers that as an explicit choice).
+    `ground_truth` (B, C, F, h, w): the data latents, needed for `cache_update='ground_truth'`.
+    `on_chunk_start(start)` runs before a chunk (the streaming pipeline swaps conditions there).
     """
     b, _, num_frames, h, w = noise.shape
     c = cfg.causal.chunk_size
@@ -272,9 +328,11 @@ def iter_rollout(
     for name, steps in (("sde_steps", sde_steps), ("grad_steps", grad_steps)):
         if steps is not None and (len(steps) != n_chunks or any(not -1 <= s < n_steps for s in steps)):
             raise ValueError(f"{name} needs {n_chunks} entries in [-1, {n_steps}), got {steps}")
+    if cfg.cache_update == "ground_truth" and (ground_truth is None or ground_truth.shape != noise.shape):
+        raise ValueError("cache_update='ground_truth' needs ground_truth latents of the noise's shape")
     model = denoiser.model
     cache = model.new_cache(cfg.causal, h, w) if cfg.use_kv_cache else None
-    clean_so_far: list[torch.Tensor] = []
+    context_so_far: list[torch.Tensor] = []
     for m in range(n_chunks):
         start = m * c
         stop = min(start + c, num_frames)
@@ -282,7 +340,10 @@ def iter_rollout(
             on_chunk_start(start)
         x = noise[:, :, start:stop]
         res = ChunkResult(start=start, clean=x)
-        for n in range(n_steps):
+        # full_denoise runs all N steps; the other rules stop at the exit step and use its x0-prediction
+        exit_step = grad_steps[m] if grad_steps is not None and grad_steps[m] >= 0 else n_steps - 1
+        last = n_steps - 1 if cfg.cache_update == "full_denoise" else exit_step
+        for n in range(last + 1):
             s, s_next = sig[n], sig[n + 1]
             t = torch.full((b, stop - start), s * NUM_TRAIN_TIMESTEPS, device=x.device)
             with_grad = grad_steps is not None and grad_steps[m] == n
@@ -290,11 +351,13 @@ def iter_rollout(
                 if cache is not None:
                     v = denoiser.cached(x, t, cache, start)
                 else:
-                    ctx = torch.cat(clean_so_far, dim=2) if clean_so_far else None
+                    ctx = torch.cat(context_so_far, dim=2) if context_so_far else None
                     v = denoiser.masked(ctx, x, t, start, cfg.causal, cfg.context_timestep)
                 if with_grad:
-                    res.grad_x0, res.grad_step = x - s * v, n
-                if sde_steps is not None and sde_steps[m] == n:
+                    res.grad_x0, res.grad_step, res.grad_state = x - s * v, n, x.detach()
+                if n == last and cfg.cache_update != "full_denoise":
+                    x_next = x - s * v  # the exit x0-prediction (equals the Euler step to 0 at the last step)
+                elif sde_steps is not None and sde_steps[m] == n:
                     out = sde_step(x, v, s, s_next, cfg.noise_level, generator=generator)
                     res.sde_step, res.log_prob, res.sde_prev = n, out.log_prob, x.detach()
                     res.sde_sample, res.sde_mean = out.sample.detach(), out.mean
@@ -303,12 +366,73 @@ def iter_rollout(
                     x_next = ode_step(x, v, s, s_next)
             x = x_next.detach()
         res.clean = x
-        clean_so_far.append(x)
+        written = ground_truth[:, :, start:stop] if cfg.cache_update == "ground_truth" else x
+        res.cached = context_frames(written, cfg.context_timestep, generator)
+        context_so_far.append(res.cached)
         if cache is not None:
             with torch.no_grad():
                 t0 = torch.full((b, stop - start), cfg.context_timestep, device=x.device)
-                denoiser.cached(x, t0, cache, start, write=True)
+                denoiser.cached(res.cached, t0, cache, start, write=True)
         yield res
+
+
+def backward_exit_predictions(
+    denoiser: Denoiser,
+    chunks: list[ChunkResult],
+    grad: torch.Tensor,
+    cfg: RolloutConfig,
+    through_context: bool = False,
+) -> torch.Tensor:
+    """Backpropagate `grad` = dL/dx, (B, C, F, h, w) w.r.t. the exit x0-predictions of a rollout that ran WITHOUT a
+    graph, into the model's parameters, by recomputing every chunk's exit step from its stored state.
+
+    The bounded-memory route for Self-Rollout training: the rollout keeps only `grad_state` per chunk, the loss is
+    computed on the detached exit predictions, then
+      - through_context=False (the gradient rule of the cached rollout): the KV cache is rebuilt from the stored
+        `cached` latents without gradient and each chunk's exit forward is recomputed and backpropagated at once,
+        so at most one chunk's graph is alive and no gradient flows through cached keys/values. Extra cost: one
+        cache-write forward and one exit forward per chunk (about 2 of the rollout's N + 1 forwards per chunk).
+      - through_context=True: one teacher-forcing forward over [cached | exit states] (checkpointed per block when
+        the model has gradient checkpointing on); the gradient also flows through the context frames' keys and
+        values into the parameters, as in the masked (use_kv_cache=False) rollout. Cost: a forward and backward
+        over 2F frames under the causal mask instead of F one-chunk forwards; activation memory grows with F
+        (one block input per layer with checkpointing).
+    Chunks with grad_step = -1 get no gradient. Returns the recomputed exit predictions (B, C, F, h, w), detached.
+    """
+    if any(ch.grad_state is None and ch.grad_step >= 0 for ch in chunks):
+        raise ValueError("chunks need grad_state: run iter_rollout with grad_steps")
+    sig = cfg.schedule.sigmas().tolist()
+    out = []
+    if through_context:
+        if any(ch.grad_step < 0 for ch in chunks):
+            raise ValueError("through_context=True needs a grad step in every chunk")
+        clean = torch.cat([ch.cached for ch in chunks], dim=2)
+        noisy = torch.cat([ch.grad_state for ch in chunks], dim=2)
+        s = torch.cat([torch.full(ch.grad_state.shape[2:3], sig[ch.grad_step]) for ch in chunks]).to(noisy)
+        b = noisy.shape[0]
+        v = denoiser.teacher_forcing(
+            clean, noisy, (s * NUM_TRAIN_TIMESTEPS).expand(b, -1), cfg.causal, cfg.context_timestep
+        )
+        x0 = noisy - s.view(1, 1, -1, 1, 1) * v
+        x0.backward(grad.to(x0.dtype))
+        return x0.detach()
+    b, _, _, h, w = grad.shape
+    cache = denoiser.model.new_cache(cfg.causal, h, w)
+    for ch in chunks:
+        stop = ch.start + ch.cached.shape[2]
+        if ch.grad_step >= 0:
+            s = sig[ch.grad_step]
+            t = torch.full((b, stop - ch.start), s * NUM_TRAIN_TIMESTEPS, device=grad.device)
+            with torch.enable_grad():
+                x0 = ch.grad_state - s * denoiser.cached(ch.grad_state, t, cache, ch.start)
+                x0.backward(grad[:, :, ch.start : stop].to(x0.dtype))
+            out.append(x0.detach())
+        else:
+            out.append(torch.zeros_like(ch.cached))
+        with torch.no_grad():
+            t0 = torch.full((b, stop - ch.start), cfg.context_timestep, device=grad.device)
+            denoiser.cached(ch.cached, t0, cache, ch.start, write=True)
+    return torch.cat(out, dim=2)
 
 
 def sample_bidirectional(denoiser: Denoiser, noise: torch.Tensor, schedule: FlowSchedule) -> torch.Tensor:
