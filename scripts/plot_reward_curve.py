@@ -1,0 +1,98 @@
+"""Reward curve of an RL run, read from its TensorBoard logs: PNG + CSV.
+
+    python scripts/plot_reward_curve.py RUN_DIR --out results/toy/reward_curve
+
+RUN_DIR is the run's `trainer.default_root_dir` (every events file below it is read). Plots the per-step mean
+of each `train/reward/*` scalar (raw, and a moving average over `--smooth` steps) and writes the raw values to
+OUT.csv, so the figure can be regenerated and checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ardrag.video import atomic_write_bytes
+
+
+def read_scalars(run_dir: Path, prefix: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{tag: (steps, values)} for every scalar tag starting with `prefix` in the run's events files.
+
+    Later events for the same step win (a resumed run rewrites the steps after its checkpoint).
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted(run_dir.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise SystemExit(f"no TensorBoard events files under {run_dir}")
+    merged: dict[str, dict[int, float]] = {}
+    for f in files:
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            if tag.startswith(prefix):
+                for ev in acc.Scalars(tag):
+                    merged.setdefault(tag, {})[int(ev.step)] = float(ev.value)
+    return {
+        tag: (np.array(sorted(d)), np.array([d[s] for s in sorted(d)])) for tag, d in sorted(merged.items())
+    }
+
+
+def moving_average(v: np.ndarray, k: int) -> np.ndarray:
+    if k <= 1 or len(v) < 2:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    out = np.empty_like(v, dtype=float)
+    for i in range(len(v)):
+        lo = max(0, i - k + 1)
+        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", default="runs/reward_curve", help="output prefix: writes OUT.png and OUT.csv")
+    p.add_argument("--prefix", default="train/reward", help="scalar tags to plot")
+    p.add_argument("--smooth", type=int, default=5, help="moving-average window, steps")
+    a = p.parse_args(argv)
+    curves = read_scalars(a.run_dir, a.prefix)
+    if not curves:
+        raise SystemExit(f"no scalars starting with {a.prefix!r} under {a.run_dir}")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["tag,step,value"]
+    for tag, (steps, vals) in curves.items():
+        lines += [f"{tag},{s},{v:.6g}" for s, v in zip(steps, vals)]
+    atomic_write_bytes(out.with_suffix(".csv"), ("\n".join(lines) + "\n").encode())
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for tag, (steps, vals) in curves.items():
+        (line,) = ax.plot(steps, moving_average(vals, a.smooth), label=f"{tag} (avg {a.smooth})")
+        ax.plot(steps, vals, color=line.get_color(), alpha=0.25, lw=1)
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("mean reward per frame")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Reward during GRPO ({a.run_dir})", fontsize=9)
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    tmp.replace(out.with_suffix(".png"))
+    for tag, (_, vals) in curves.items():
+        k = max(1, min(a.smooth, len(vals) // 2))
+        print(f"{tag}: first {k} steps {vals[:k].mean():.4g} -> last {k} steps {vals[-k:].mean():.4g}")
+    print(f"wrote {out}.png and {out}.csv", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
