@@ -120,3 +120,45 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0) 
         raise ValueError(f"unsupported video suffix {suffix!r}: use .mp4 or .gif")
     atomic_write_bytes(path, data)
     return path
+
+
+TRACK_COLORS = [(255, 64, 64), (64, 160, 255), (255, 220, 0), (0, 230, 120), (255, 110, 230), (0, 230, 230)]
+"""RGB colours for drawn tracks, cycled by track index."""
+
+
+def draw_tracks(
+    frames: np.ndarray, tracks: np.ndarray, visible: np.ndarray | None = None, scale: int = 1
+) -> np.ndarray:
+    """Frames with target trajectories drawn over them (for logs, GIFs and the demo).
+
+    Args:
+        frames: uint8 (T, H, W, 3) RGB; not modified.
+        tracks: float (T, N, 2) target (x, y) in pixels of `frames`.
+        visible: bool (T, N) or None; invisible targets are not drawn at that frame.
+        scale: integer upscale (nearest) before drawing, so 64 x 64 toy frames stay readable.
+
+    Returns:
+        uint8 (T, H * scale, W * scale, 3): each frame shows every track's path up to that frame as a line and
+        its current target as a ring, in the track's colour.
+    """
+    frames = _check_frames(frames)
+    tracks = np.asarray(tracks, np.float64)
+    t_len, n = tracks.shape[:2]
+    if tracks.shape != (t_len, n, 2) or t_len != len(frames):
+        raise ValueError(f"tracks must be ({len(frames)}, N, 2), got {tracks.shape}")
+    vis = np.ones((t_len, n), bool) if visible is None else np.asarray(visible, bool)
+    out = np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2) if scale > 1 else frames.copy()
+    pts = (tracks + 0.5) * scale - 0.5  # pixel centres map to pixel centres
+    radius = max(2, scale + 1)
+    for t in range(t_len):
+        img = np.ascontiguousarray(out[t])
+        for j in range(n):
+            color = TRACK_COLORS[j % len(TRACK_COLORS)]
+            path = np.round(pts[: t + 1, j][vis[: t + 1, j]]).astype(np.int32)
+            if len(path) > 1:
+                cv2.polylines(img, [path.reshape(-1, 1, 2)], False, color, 1, cv2.LINE_AA)
+            if vis[t, j]:
+                x, y = np.round(pts[t, j]).astype(int)
+                cv2.circle(img, (int(x), int(y)), radius, color, 1, cv2.LINE_AA)
+        out[t] = img
+    return out
