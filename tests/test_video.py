@@ -24,7 +24,7 @@ def test_draw_tracks_marks_the_targets_and_leaves_the_input_alone():
     assert out[1, cy - 6 : cy + 7, cx - 6 : cx + 7].max() > 100
     assert out[3, cy - 6 : cy + 7, cx - 6 : cx + 7].max() < 20
     # the path of track 0 is drawn up to the current frame only
-    assert out[1, :, 40:].max() == 0 and out[4, :, 40:].max() > 100
+    assert out[1, :, 44:].max() == 0 and out[4, :, 44:].max() > 100
 
 
 def test_draw_tracks_rejects_mismatched_tracks():
