@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from datamodules.indexed import StepIndexedBatches
 from datamodules.shards import SampleError, SkipStats, decode_sample, expand_shards
 
 log = logging.getLogger(__name__)
@@ -131,11 +132,15 @@ class ClipProcessor:
         # Evaluation: a function of the key only, so every rank/worker split yields the same batches.
         return np.random.default_rng([self.seed, zlib.crc32(key.encode())])
 
-    def process(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Raw WebDataset sample -> {"key", "video" uint8 (T, H, W, 3), "tracks", "visible", prompts}."""
+    def process(self, raw: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """Raw WebDataset sample -> {"key", "video" uint8 (T, H, W, 3), "tracks", "visible", prompts}.
+
+        ``rng``: the generator of the crop and track choice (step-indexed training passes the batch's);
+        default: a per-sample generator (see ``_rng``).
+        """
         s = decode_sample(raw)
         key, video, tracks, visible = s["key"], s["video"], s["tracks"], s["visible"]
-        rng = self._rng(key)
+        rng = self._rng(key) if rng is None else rng
         t_len = video.shape[0]
         f = self.num_frames or t_len
         if t_len < f:
@@ -230,7 +235,11 @@ class ARDragDataModule(pl.LightningDataModule):
         width: resize clips to this width.
         moving_threshold: pixels a track must travel to count as moving (preferred when picking tracks).
         static_weight: relative chance of picking a static track versus a moving one.
-        shuffle_buffer: training samples held in the shuffle buffer (per worker).
+        shuffle_buffer: training samples held in the shuffle buffer (per worker; ``train_sampling="stream"``).
+        train_sampling: "indexed" (default): batch b of rank r is a pure function of (seed, r, b), read by
+            random access from the shards, so a resumed run sees exactly the batches of an uninterrupted one
+            (see ``datamodules.indexed``); "stream": WebDataset's resampled shard stream with a shuffle buffer
+            and ``with_epoch`` (no exact resume: the stream cannot be rewound without replaying it).
         seed: seed of track picking and cropping.
         rank: override the DDP rank (default: from torch.distributed / RANK env, via split_by_node).
         world_size: override the DDP world size (with ``rank``).
@@ -254,6 +263,7 @@ class ARDragDataModule(pl.LightningDataModule):
         moving_threshold: float = 2.0,
         static_weight: float = 0.25,
         shuffle_buffer: int = 256,
+        train_sampling: str = "indexed",
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
@@ -267,6 +277,9 @@ class ARDragDataModule(pl.LightningDataModule):
             raise ValueError("give both height and width, or neither")
         if (rank is None) != (world_size is None):
             raise ValueError("give both rank and world_size, or neither")
+        if train_sampling not in ("indexed", "stream"):
+            raise ValueError(f"train_sampling must be 'indexed' or 'stream', got {train_sampling!r}")
+        self.train_sampling = train_sampling
         self.save_hyperparameters()
         self.train_shards, self.val_shards, self.test_shards = train_shards, val_shards, test_shards
         self.batch_size = batch_size
@@ -351,8 +364,40 @@ class ARDragDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 
+    def _rank_world(self) -> tuple[int, int]:
+        if self.rank is not None:
+            return self.rank, self.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+    def _batches_done(self) -> int:
+        """Training batches this rank already consumed (restored from the checkpoint when resuming)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+
     def train_dataloader(self) -> wds.WebLoader:
         n_batches = math.ceil(self.epoch_length / self.batch_size)
+        if self.train_sampling == "indexed":
+            rank, world = self._rank_world()
+            ds = StepIndexedBatches(
+                self._urls("train"),
+                ClipProcessor(train=True, **self._proc_kw),
+                seed=self.seed,
+                rank=rank,
+                world_size=world,
+                start_batch=self._batches_done(),
+            )
+            loader = wds.WebLoader(
+                ds,
+                batch_size=None,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.persistent_workers and self.num_workers > 0,
+            )
+            return loader.compose(self._absorb_skips)
         loader = self._loader(self.train_dataset()).with_epoch(n_batches).with_length(n_batches, silent=True)
         return loader.compose(self._absorb_skips)
 

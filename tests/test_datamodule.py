@@ -54,7 +54,7 @@ def test_two_ranks_two_workers_are_disjoint_and_cover_the_split(toy, how, monkey
 
 def test_batches_agree_with_stored_samples(toy):
     stored = {s["key"]: s for s in iter_samples(toy / "train")}
-    dm = _dm(toy, batch_size=4, num_frames=9, max_tracks=3, epoch_length=12)
+    dm = _dm(toy, batch_size=4, num_frames=9, max_tracks=3, epoch_length=12, train_sampling="stream")
     loader = dm.train_dataloader()
     batches = list(loader)
     assert len(batches) == len(loader) == 3  # explicit epoch length: ceil(12 / 4) batches
@@ -147,7 +147,15 @@ class _Probe(pl.LightningModule):
 def test_lightning_fit_logs_skip_count(toy, tmp_path):
     write_corrupt_shard(tmp_path / "bad-000000.tar")
     # No shuffle buffer, so the stream is the shard in order, over and over: 4 good and 3 corrupt per pass.
-    dm = _dm(toy, train_shards=str(tmp_path), val_shards=None, batch_size=2, epoch_length=8, shuffle_buffer=0)
+    dm = _dm(
+        toy,
+        train_shards=str(tmp_path),
+        val_shards=None,
+        batch_size=2,
+        epoch_length=8,
+        shuffle_buffer=0,
+        train_sampling="stream",
+    )
     trainer = pl.Trainer(
         max_epochs=1,
         callbacks=[SkipStatsLogger()],
