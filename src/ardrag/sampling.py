@@ -382,6 +382,7 @@ def backward_exit_predictions(
     grad: torch.Tensor,
     cfg: RolloutConfig,
     through_context: bool = False,
+    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
 ) -> torch.Tensor:
     """Backpropagate `grad` = dL/dx, (B, C, F, h, w) w.r.t. the exit x0-predictions of a rollout that ran WITHOUT a
     graph, into the model's parameters, by recomputing every chunk's exit step from its stored state.
@@ -397,7 +398,9 @@ def backward_exit_predictions(
         values into the parameters, as in the masked (use_kv_cache=False) rollout. Cost: a forward and backward
         over 2F frames under the causal mask instead of F one-chunk forwards; activation memory grows with F
         (one block input per layer with checkpointing).
-    Chunks with grad_step = -1 get no gradient. Returns the recomputed exit predictions (B, C, F, h, w), detached.
+    Chunks with grad_step = -1 get no gradient. `backward(surrogate)` runs each backward on the scalar
+    <x0, grad> (same gradient; a trainer passes its own, e.g. Lightning's manual_backward).
+    Returns the recomputed exit predictions (B, C, F, h, w), detached.
     """
     if any(ch.grad_state is None and ch.grad_step >= 0 for ch in chunks):
         raise ValueError("chunks need grad_state: run iter_rollout with grad_steps")
@@ -414,7 +417,7 @@ def backward_exit_predictions(
             clean, noisy, (s * NUM_TRAIN_TIMESTEPS).expand(b, -1), cfg.causal, cfg.context_timestep
         )
         x0 = noisy - s.view(1, 1, -1, 1, 1) * v
-        x0.backward(grad.to(x0.dtype))
+        backward((x0 * grad.to(x0.dtype)).sum())
         return x0.detach()
     b, _, _, h, w = grad.shape
     cache = denoiser.model.new_cache(cfg.causal, h, w)
@@ -425,7 +428,7 @@ def backward_exit_predictions(
             t = torch.full((b, stop - ch.start), s * NUM_TRAIN_TIMESTEPS, device=grad.device)
             with torch.enable_grad():
                 x0 = ch.grad_state - s * denoiser.cached(ch.grad_state, t, cache, ch.start)
-                x0.backward(grad[:, :, ch.start : stop].to(x0.dtype))
+                backward((x0 * grad[:, :, ch.start : stop].to(x0.dtype)).sum())
             out.append(x0.detach())
         else:
             out.append(torch.zeros_like(ch.cached))

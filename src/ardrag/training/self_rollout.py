@@ -38,11 +38,16 @@ class StudentRollout:
         return torch.cat([c.cached for c in self.chunks], dim=2)
 
     def backward(
-        self, denoiser: Denoiser, grad: torch.Tensor, cfg: RolloutConfig, through_context: bool = False
+        self,
+        denoiser: Denoiser,
+        grad: torch.Tensor,
+        cfg: RolloutConfig,
+        through_context: bool = False,
+        backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
     ) -> torch.Tensor:
         """Accumulate the parameter gradient of a loss whose gradient w.r.t. x is `grad` (see
         `backward_exit_predictions`). Returns the recomputed exit predictions (detached)."""
-        return backward_exit_predictions(denoiser, self.chunks, grad, cfg, through_context)
+        return backward_exit_predictions(denoiser, self.chunks, grad, cfg, through_context, backward)
 
 
 @torch.no_grad()
@@ -69,6 +74,7 @@ def backward_loss_through_rollout(
     denoiser: Denoiser,
     cfg: RolloutConfig,
     through_context: bool = False,
+    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
 ) -> torch.Tensor:
     """Evaluate `loss_fn(x)` on a detached copy of the rollout's x, then backpropagate into the student.
 
@@ -79,5 +85,5 @@ def backward_loss_through_rollout(
     x = rollout.x.detach().requires_grad_(True)
     loss = loss_fn(x)
     (grad,) = torch.autograd.grad(loss, x)
-    rollout.backward(denoiser, grad, cfg, through_context)
+    rollout.backward(denoiser, grad, cfg, through_context, backward)
     return loss.detach()
