@@ -376,7 +376,9 @@ class ARDragDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return 0
-        return int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+        # ardrag stages count the batches they consumed into their checkpoints; else one batch per step
+        seen = getattr(trainer.lightning_module, "batches_seen", None)
+        return int(seen if seen is not None else trainer.global_step)
 
     def train_dataloader(self) -> wds.WebLoader:
         n_batches = math.ceil(self.epoch_length / self.batch_size)

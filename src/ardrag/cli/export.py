@@ -1,10 +1,11 @@
 """`ardrag-export`: write an exported pipeline folder (transformer/ + ardrag_pipeline.json).
 
-    ardrag-export --pipeline-config configs/pipeline/toy.json --preset toy --out runs/toy/export/initial
-        the untrained toy model (the "initial model" row at toy scale), seeded;
-    ardrag-export --pipeline-config configs/pipeline/wan2.1-1.3b.json --base /path/to/Wan2.1-T2V-1.3B-Diffusers/transformer --out DIR
-        the base Wan2.1 transformer with zero-initialised condition channels (the paper's "initial model").
-Trained stages are exported from their Lightning checkpoints by the training CLI.
+ardrag-export --pipeline-config configs/pipeline/toy.json --preset toy --out runs/toy/export/initial
+    the untrained toy model (the "initial model" row at toy scale), seeded;
+ardrag-export --pipeline-config configs/pipeline/wan2.1-1.3b.json --base /path/to/Wan2.1-T2V-1.3B-Diffusers/transformer --out DIR
+    the base Wan2.1 transformer with zero-initialised condition channels (the paper's "initial model").
+ardrag-export --ckpt runs/toy/teacher/checkpoints/last.ckpt --out DIR
+    a training run's checkpoint (e.g. of a run that was stopped; finished runs export to <root>/export).
 """
 
 from __future__ import annotations
@@ -17,20 +18,38 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ardrag-export", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--pipeline-config", required=True, help="JSON with PipelineConfig fields (configs/pipeline/)"
-    )
+    p.add_argument("--pipeline-config", help="JSON with PipelineConfig fields (configs/pipeline/)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--preset", help="freshly initialised backbone of this size preset (toy, tiny, wan2.1-1.3b)"
     )
     src.add_argument("--base", help="local diffusers-format Wan2.1 transformer folder")
+    src.add_argument("--ckpt", help="Lightning checkpoint of an ardrag-fit run (its tb/config.yaml is read)")
+    p.add_argument(
+        "--run-config", "--run_config", dest="run_config", help="with --ckpt: the run's config.yaml"
+    )
     p.add_argument(
         "--mode", choices=["autoregressive", "bidirectional"], default=None, help="override the mode"
     )
     p.add_argument("--seed", type=int, default=0, help="initialisation seed for --preset")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+
+    if args.ckpt:
+        try:
+            from ardrag.training.base import export_checkpoint
+
+            out = export_checkpoint(args.ckpt, args.out, args.run_config)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            print(
+                f"ardrag-export: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"exported {args.ckpt} to {out}")
+        return 0
+    if not args.pipeline_config:
+        p.error("--pipeline-config is required with --preset or --base")
 
     from ardrag.pipeline import ARDragPipeline, PipelineConfig
 

@@ -1,0 +1,142 @@
+"""ardrag-fit: train one stage (teacher, sft, rl) from a config. LightningCLI without subcommand.
+
+    ardrag-fit --config configs/toy/teacher.yaml [--config overlay.yaml ...] [--ckpt_path last|PATH] \
+        [--trainer.max_steps=2000 --model.init_args.optim.lr=3e-4 ...]
+
+Everything a run writes lives under `trainer.default_root_dir`: TensorBoard logs (`tb/`), checkpoints
+(`checkpoints/`, with `last.ckpt`, also when the run ends at max_steps), sample GIFs and, at the end of fit, the
+exported pipeline (`export/`). `--ckpt_path last` resumes the run in that folder (and starts it when there is no
+checkpoint yet), so the same command both starts and resumes a run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ROOT = "runs/default"
+"""Where a run writes when its config sets no trainer.default_root_dir."""
+
+
+def _build_cli_class():
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    class FitCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument(
+                "--ckpt_path",
+                type=str | None,
+                default=None,
+                help="'last' (resume the run in trainer.default_root_dir, or start it) or a .ckpt path",
+            )
+            parser.add_argument(
+                "--checkpoint_every",
+                type=int,
+                default=500,
+                help="training steps between periodic checkpoints (last.ckpt is always kept)",
+            )
+
+        def root(self) -> Path:
+            return Path(
+                self._get(self.config_init, "trainer", default={}).get("default_root_dir") or DEFAULT_ROOT
+            )
+
+        def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+            tcfg = self._get(self.config_init, "trainer", default={})
+            root = self.root()
+            kwargs.setdefault("default_root_dir", str(root))
+            if tcfg.get("logger") in (None, True):
+                kwargs["logger"] = TensorBoardLogger(str(root), name="tb", version="")
+            user_cbs = tcfg.get("callbacks") or []
+            user_cbs = user_cbs if isinstance(user_cbs, list) else [user_cbs]
+            ours: list[pl.Callback] = []
+            if (
+                not any(isinstance(c, ModelCheckpoint) for c in user_cbs)
+                and tcfg.get("enable_checkpointing") is not False
+            ):
+                ours.append(
+                    ModelCheckpoint(
+                        dirpath=str(root / "checkpoints"),
+                        filename="step{step:07d}",
+                        auto_insert_metric_name=False,
+                        every_n_train_steps=self._get(self.config_init, "checkpoint_every"),
+                        save_top_k=1,
+                        monitor=None,
+                        save_last=True,
+                    )
+                )
+            kwargs["callbacks"] = list(user_cbs) + ours
+            return super().instantiate_trainer(**kwargs)
+
+    return FitCLI
+
+
+def resolve_ckpt(ckpt: str | None, root: Path) -> str | None:
+    """'last' -> <root>/checkpoints/last.ckpt when it exists (None: start fresh); a path must exist."""
+    if ckpt is None:
+        return None
+    if ckpt == "last":
+        last = root / "checkpoints" / "last.ckpt"
+        if last.exists():
+            print(f"ardrag-fit: resuming from {last}", file=sys.stderr)
+            return str(last)
+        print(f"ardrag-fit: no checkpoint in {root / 'checkpoints'} yet, starting the run", file=sys.stderr)
+        return None
+    if not os.path.exists(ckpt):
+        raise FileNotFoundError(f"--ckpt_path {ckpt} does not exist")
+    return ckpt
+
+
+def _one_line(e: BaseException) -> str:
+    """The most specific line of an error: the root cause a config value raised (e.g. a missing weights folder),
+    else jsonargparse's first listed sub-error, else its headline."""
+    root = e
+    while root.__cause__ is not None:
+        root = root.__cause__
+    lines = str(root).strip().splitlines()
+    if root is e:
+        detail = [
+            ln.strip()[2:] for ln in lines if ln.strip().startswith("- ") and "Expected a <class" not in ln
+        ]
+        lines = detail or lines
+    return lines[0] if lines else type(root).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jsonargparse import ArgumentError
+
+    from ardrag.training.base import StageModule
+
+    FitCLI = _build_cli_class()
+    import lightning.pytorch as pl
+
+    try:
+        cli = FitCLI(
+            model_class=StageModule,
+            subclass_mode_model=True,
+            datamodule_class=pl.LightningDataModule,
+            subclass_mode_data=True,
+            run=False,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False, "prog": "ardrag-fit"},
+            args=argv,
+        )
+        ckpt = resolve_ckpt(cli.config.get("ckpt_path"), cli.root())
+    except ArgumentError as e:
+        print(f"ardrag-fit: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"ardrag-fit: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

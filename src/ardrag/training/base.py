@@ -1,0 +1,171 @@
+"""What every training stage shares: batch -> conditions, seeded per-step randomness, EMA, export, samples.
+
+How to write a stage (teacher.py is the smallest example):
+  1. subclass `StageModule`; build or load an `ARDragPipeline` and call `self.attach_pipeline(pipe)` (encoders are
+     kept out of the module tree and the checkpoint; the trainable transformer(s) are your submodules);
+  2. `training_step`: `x0, conds = self.conditions(batch)`; draw every random number from
+     `g = self.step_generator(stream)` with `sampling.randn(shape, g, device)`, so resume is exact; log
+     `train/loss` (the stage's total) and per-term `train/...` scalars;
+  3. `export_pipeline()` returns the `ARDragPipeline` to hand over (EMA weights, the stage's generation settings):
+     it is written to `<default_root_dir>/export` at the end of fit and by `ardrag-export --ckpt`;
+  4. `sample_videos(batch)` returns uint8 videos (B, T, H, W, 3) for the `SampleVideos` callback.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ardrag.conditioning import Conditioner
+from ardrag.pipeline import ARDragPipeline
+from ardrag.sampling import Conditions
+
+EXPORT_DIR = "export"
+"""Where fit writes the exported pipeline, under trainer.default_root_dir."""
+
+
+def make_ema(module: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """EMA copy of `module` (None when decay is 0); update with `.update_parameters(module)`."""
+    if decay <= 0:
+        return None
+    ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return ema.requires_grad_(False)
+
+
+class StageModule(pl.LightningModule):
+    """Base of the teacher, SFT and RL stages (see the module docstring for the recipe)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = seed
+        self._encoders: dict[str, torch.nn.Module] = {}
+        self._t_last: float | None = None
+
+    # ------------------------------------------------------------------ pipeline pieces
+    def attach_pipeline(self, pipe: ARDragPipeline) -> None:
+        """Keep the fixed encoders (codec, text) outside the module tree; remember the pipeline config."""
+        self._encoders = {
+            "codec": pipe.codec.requires_grad_(False),
+            "text": pipe.text_encoder.requires_grad_(False),
+        }
+        self.conditioner = Conditioner(pipe.codec, pipe.config.heatmap_sigma)
+        self.pipeline_config = pipe.config
+
+    @property
+    def codec(self) -> torch.nn.Module:
+        return self._encoders["codec"]
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self._encoders["text"]
+
+    def on_fit_start(self) -> None:
+        for enc in self._encoders.values():
+            enc.to(self.device)
+
+    # ------------------------------------------------------------------ exact resume
+    batches_seen: int = 0
+    """Training batches consumed so far (saved in checkpoints; the step-indexed data stream resumes there)."""
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.batches_seen += 1  # before any checkpoint of this step is written
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ardrag_batches_seen"] = self.batches_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.batches_seen = int(checkpoint.get("ardrag_batches_seen", 0))
+
+    def step_generator(self, stream: int = 0) -> torch.Generator:
+        """The random stream `stream` of this step: a function of (seed, global step, rank, stream) only."""
+        key = zlib.crc32(
+            np.array([self.seed, self.global_step, self.global_rank, stream], np.int64).tobytes()
+        )
+        return torch.Generator().manual_seed(key)
+
+    @torch.no_grad()
+    def conditions(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Conditions]:
+        """Batch -> data latents x0 (B, C, F, h, w) and the backbone's conditions (with the negative prompt)."""
+        video = batch["video"].to(self.device)
+        x0 = self.codec.encode(video)
+        cond = self.conditioner(
+            video[:, :, 0], batch["tracks"].to(self.device), batch["visible"].to(self.device)
+        )
+        neg = batch.get("negative_prompt") or [""] * video.shape[0]
+        ctx = self.text_encoder.encode(list(batch["prompt"]))
+        return x0, Conditions(ctx.to(self.device), cond, self.text_encoder.encode(list(neg)).to(self.device))
+
+    def trajectory_channels(self) -> slice:
+        """Channels of `Conditions.cond` that carry the trajectory (the rest: reference latent and mask)."""
+        return slice(0, self.codec.latent_channels)
+
+    # ------------------------------------------------------------------ logging helpers
+    def log_throughput(self, batch_size: int) -> None:
+        """`train/samples_per_s` from the wall time between consecutive training steps."""
+        now = time.perf_counter()
+        if self._t_last is not None:
+            self.log("train/samples_per_s", batch_size / max(now - self._t_last, 1e-9), batch_size=batch_size)
+        self._t_last = now
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        norms = [
+            p.grad.detach().norm() for g in optimizer.param_groups for p in g["params"] if p.grad is not None
+        ]
+        if norms:
+            self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
+
+    # ------------------------------------------------------------------ hand-over
+    def export_pipeline(self) -> ARDragPipeline:
+        raise NotImplementedError
+
+    def sample_videos(self, batch: dict[str, Any]) -> np.ndarray:
+        """uint8 (B, T, H, W, 3) videos generated for the batch's conditions (for the sample logger)."""
+        raise NotImplementedError
+
+    def export_to(self, path: str | Path) -> Path:
+        pipe = self.export_pipeline()
+        pipe.save_pretrained(path)
+        return Path(path)
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            out = self.export_to(Path(self.trainer.default_root_dir) / EXPORT_DIR)
+            print(f"exported pipeline: {out}")
+
+
+def module_from_run_config(config_path: str | Path) -> StageModule:
+    """Instantiate a run's stage module from the config.yaml that ardrag-fit saved (no weights loaded)."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    cfg = yaml.safe_load(Path(config_path).read_text())
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(StageModule, "model")
+    ns = parser.parse_object({"model": cfg["model"]})
+    init = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return init(ns).model
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path, config: str | Path | None = None) -> Path:
+    """Export the pipeline of a Lightning checkpoint of an ardrag-fit run (e.g. one that was stopped).
+
+    `config` defaults to the run's saved `<root>/tb/config.yaml` (ckpt in `<root>/checkpoints/`).
+    """
+    ckpt = Path(ckpt)
+    if not ckpt.exists():
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+    config = Path(config) if config is not None else ckpt.parent.parent / "tb" / "config.yaml"
+    if not config.exists():
+        raise FileNotFoundError(f"run config {config} not found: pass the run's config.yaml")
+    module = module_from_run_config(config)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors and plain containers only
+    module.load_state_dict(state["state_dict"])
+    return module.export_to(out)

@@ -1,0 +1,204 @@
+"""ardrag-fit and the teacher stage: the loss falls, resume is exact (also after SIGKILL), DDP ranks see different
+samples, the export loads and generates, the full-scale config refuses cleanly without weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ardrag import ARDragPipeline
+from ardrag.cli.fit import main as fit_main
+from ardrag.training.teacher import ModelInit, TeacherModule, TeacherOptim
+from datamodules import ARDragDataModule
+from datamodules.toy_world import write_toy_world
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """32 x 32, 9-frame toy world and a pipeline config for the tiny backbone."""
+    root = tmp_path_factory.mktemp("toyfit")
+    write_toy_world(
+        root,
+        num_train=16,
+        num_val=4,
+        num_test=4,
+        size=32,
+        frames=9,
+        seed=1,
+        samples_per_shard=4,
+        progress=False,
+    )
+    cfg = json.loads((ROOT / "configs/pipeline/toy.json").read_text())
+    cfg.update(height=32, width=32)
+    (root / "pipeline.json").write_text(json.dumps(cfg))
+    return root
+
+
+def _args(toy: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        "--config",
+        str(ROOT / "configs/toy/teacher.yaml"),
+        f"--trainer.default_root_dir={out}",
+        f"--trainer.max_steps={steps}",
+        "--trainer.precision=32-true",
+        "--trainer.val_check_interval=3",
+        "--trainer.limit_val_batches=1",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.callbacks=[]",
+        "--checkpoint_every=3",
+        f"--model.init_args.model.pipeline_config={toy / 'pipeline.json'}",
+        "--model.init_args.model.preset=tiny",
+        "--model.init_args.optim.warmup_steps=2",
+        "--model.init_args.sampling.num_steps=4",
+        f"--data.init_args.train_shards={toy / 'train'}",
+        f"--data.init_args.val_shards={toy / 'val'}",
+        "--data.init_args.batch_size=2",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.num_frames=9",
+        *extra,
+    ]
+
+
+def _losses(run: Path) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[int, float] = {}
+    for f in sorted(run.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "train/loss" in acc.Tags()["scalars"]:
+            out.update({e.step: e.value for e in acc.Scalars("train/loss")})
+    return out
+
+
+def test_teacher_loss_falls_on_a_fixed_batch(toy):
+    torch.manual_seed(0)
+    m = TeacherModule(
+        model=ModelInit(pipeline_config=str(toy / "pipeline.json"), preset="tiny"),
+        optim=TeacherOptim(lr=3e-3, ema_decay=0.0),
+    )
+    dm = ARDragDataModule(train_shards=str(toy / "train"), val_shards=None, batch_size=4, num_workers=0)
+    batch = next(iter(dm.train_dataloader()))
+    x0, conds = m.conditions(batch)
+    sig = torch.linspace(0.1, 0.9, 4)
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(123)
+            return float(sum(m.flow_matching_loss(x0, conds, g, s.repeat(4)) for s in sig) / len(sig))
+
+    before = fixed_loss()
+    opt = torch.optim.AdamW(m.transformer.parameters(), lr=3e-3)
+    for step in range(60):
+        loss = m.flow_matching_loss(x0, conds, torch.Generator().manual_seed(step))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = fixed_loss()
+    assert after <= 0.7 * before, (before, after)  # >= 30% lower on the same batch and noise
+
+
+def test_resume_gives_the_uninterrupted_losses_and_exports(toy, tmp_path):
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    assert fit_main(_args(toy, full, 6)) == 0
+    assert fit_main(_args(toy, parts, 3)) == 0  # stops at step 3 (last.ckpt written at max_steps)
+    assert (parts / "checkpoints" / "last.ckpt").exists()
+    assert fit_main(_args(toy, parts, 6, "--ckpt_path=last")) == 0
+    a, b = _losses(full), _losses(parts)
+    assert sorted(a) == sorted(b) == list(range(6))
+    for step in range(6):  # same batches, same noise, same updates: equal to float rounding
+        assert b[step] == pytest.approx(a[step], rel=1e-5), step
+    # the exported pipeline is the bidirectional teacher and generates
+    pipe = ARDragPipeline.from_pretrained(full / "export")
+    assert pipe.config.mode == "bidirectional" and pipe.config.num_steps == 4
+    tracks = np.stack([np.linspace([8, 8], [24, 20], 9)], axis=1).astype(np.float32)
+    video = pipe(np.zeros((32, 32, 3), np.uint8), tracks, seed=0)
+    assert video.shape == (9, 32, 32, 3) and video.dtype == np.uint8 and video.std() > 0
+    # a stopped run exports from its checkpoint too
+    from ardrag.cli.export import main as export_main
+
+    assert (
+        export_main(["--ckpt", str(parts / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "ex")]) == 0
+    )
+    assert ARDragPipeline.from_pretrained(tmp_path / "ex").config == pipe.config
+
+
+def _run(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
+    e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "ardrag.cli.fit", *args],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_periodic_checkpoint_resumes_exactly(toy, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert fit_main(_args(toy, full, 6)) == 0
+    kill = '--trainer.callbacks=[{"class_path": "_fit_probes.KillAt", "init_args": {"step": 4}}]'
+    r = _run(_args(toy, killed, 6) + [kill], ROOT)
+    assert r.returncode == -9, r.stderr[-2000:]  # killed at step 4; the step-3 checkpoint is on disk
+    assert (killed / "checkpoints" / "last.ckpt").exists()
+    assert fit_main(_args(toy, killed, 6, "--ckpt_path=last")) == 0
+    a, b = _losses(full), _losses(killed)
+    for step in range(6):
+        assert b[step] == pytest.approx(a[step], rel=1e-5), step
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_see_different_samples(toy, tmp_path):
+    rec = tmp_path / "keys"
+    probe = f'--trainer.callbacks=[{{"class_path": "_fit_probes.RecordKeys", "init_args": {{"folder": "{rec}"}}}}]'
+    args = _args(toy, tmp_path / "ddp", 2, "--trainer.strategy=ddp", "--trainer.devices=2", probe)
+    r = _run(args, ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    keys = [
+        {k for line in (rec / f"rank{i}.jsonl").read_text().splitlines() for k in json.loads(line)}
+        for i in range(2)
+    ]
+    assert len((rec / "rank0.jsonl").read_text().splitlines()) == 2  # 2 steps on each rank
+    assert keys[0] and keys[1] and keys[0].isdisjoint(keys[1])  # ranks read disjoint shards
+
+
+def test_full_scale_config_refuses_cleanly_without_weights(tmp_path, capsys):
+    rc = fit_main(["--config", str(ROOT / "configs/teacher.yaml"), f"--trainer.default_root_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "/path/to/Wan2.1-T2V-1.3B-Diffusers/transformer" in err[0] and "nothing is downloaded" in err[0]
+
+
+def test_full_scale_teacher_builds_on_meta():
+    import yaml
+
+    from ardrag.models.causal_wan import CausalWanTransformer, count_parameters
+    from ardrag.models.presets import preset_config
+
+    cfg = yaml.safe_load((ROOT / "configs/teacher.yaml").read_text())
+    pipe_cfg = json.loads((ROOT / cfg["model"]["init_args"]["model"]["pipeline_config"]).read_text())
+    assert pipe_cfg["codec"]["type"] == "wan_vae"
+    with torch.device("meta"):
+        model = CausalWanTransformer(**preset_config("wan2.1-1.3b", cond_in_channels=2 * 16 + 1))
+    # Wan2.1 1.3B plus the zero-initialised condition patch embedding (33 channels x 1536 x 1 x 2 x 2)
+    assert count_parameters(model) == 1_418_996_800 + 33 * 1536 * 4
+
+
+def test_bad_config_key_is_one_line(tmp_path, capsys):
+    rc = fit_main(["--config", str(ROOT / "configs/toy/teacher.yaml"), "--model.init_args.nonsense=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "nonsense" in err[0]
