@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "generator, in-graph route (all 21 chunk graphs alive)": kv_cache + f * chunk_graph,
         "generator, teacher-forcing route (checkpointed, 2F frames)": 2 * ckpt_inputs + 2 * block_full,
         "critic step (bidirectional, checkpointed)": ckpt_inputs + block_full,
+        "critic step without checkpointing": n_layers * blk_f + rest_f,
     }
     static_total = sum(static.values())
     rows = {k: v / GiB for k, v in static.items()}
@@ -211,10 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|",
         *[f"| {k} | {v / GiB:.2f} | {(static_total + v) / GiB:.1f} |" for k, v in routes.items()],
         "",
-        "Plan: FSDP full shard of all three models per transformer block (`fully_shard` per block, then the "
-        "root), bf16 parameters for compute with fp32 reduce, activation checkpointing per block for the critic "
-        "step and the bidirectional teacher/critic DMD forwards (those run without grad); the generator uses "
-        "the replay route (one chunk graph alive, no checkpointing needed). The in-graph route is what "
+        "Plan: FSDP full shard of all three models (target: `fully_shard` per transformer block, then the root; "
+        "configs/trainer/fsdp.yaml today shards the whole module as one unit, which gathers student, critic, "
+        "teacher and EMA at once in bf16, +~11 GiB, still inside the budget), bf16 compute with fp32 master weights, activation "
+        "checkpointing per block for the critic step (`activation_checkpointing: true`); the teacher/critic DMD "
+        "forwards run without grad; the generator uses the replay route (one chunk graph alive, never "
+        "checkpointed). The in-graph route is what "
         "`iter_rollout` with grad enabled costs; the teacher-forcing route is the `grad_through_context` option. "
         "No-grad DMD forwards of teacher (CFG: batch 2) and critic keep only one layer's transient activations.",
         "",
