@@ -1,0 +1,149 @@
+"""GRPO over the frame-wise denoising MDP (PAPER.md Stage 2; DESIGN.md formulas), as plain torch functions.
+
+Per frame (chunk) m of rollout i in a group of G rollouts sharing one condition:
+  A_im = clip((R_im - mean_j R_jm) / (std_j R_jm + 1e-4), -5, 5)
+  ratio = exp(logp_new - logp_old) at the frame's one SDE step
+  L = mean(max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps))) + beta KL,  KL = ||mu_theta - mu_ref||^2 / (2 std^2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ardrag.sampling import NUM_TRAIN_TIMESTEPS, ChunkResult, Denoiser, RolloutConfig, sde_step
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO knobs (Flow-GRPO's ranges in DESIGN.md; the paper does not give its values)."""
+
+    group_size: int = 4
+    """G: rollouts per condition (advantages are normalised within the group, per frame)."""
+    clip_range: float = 1e-3
+    """eps of the clipped importance ratio (Flow-GRPO uses 1e-4..1e-3: log-probs are per-element means)."""
+    kl_weight: float = 0.01
+    """beta: weight of the KL to the frozen reference policy (the initial student)."""
+    adv_clip: float = 5.0
+    inner_updates: int = 2
+    """Optimizer steps on each batch of rollouts (the first is exactly on-policy: ratio 1, nothing clipped)."""
+    noise_level: float = 0.7
+    """a: the SDE step's noise level."""
+    exclude_last_step: bool = True
+    """Never make the last denoising step the stochastic one: nothing after it removes its noise, so with three
+    coarse steps an exact velocity would leave noise std a * sqrt(s/(1-s)) * sqrt(s) ~ 0.59 in the clean frame,
+    which then enters the cache and the video (tests/test_grpo.py measures it)."""
+
+    def sde_choices(self, n_steps: int) -> int:
+        """How many steps (0..k-1) may be the stochastic one."""
+        k = n_steps - 1 if self.exclude_last_step and n_steps > 1 else n_steps
+        return max(k, 1)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, clip: float = 5.0) -> torch.Tensor:
+    """rewards (B * G, M), rollouts of one condition contiguous -> per-frame advantages (B * G, M).
+
+    A group whose rewards are all equal (nothing to learn from) gets advantage 0, not NaN.
+    """
+    n, m = rewards.shape
+    if n % group_size:
+        raise ValueError(f"{n} rollouts are not groups of {group_size}")
+    r = rewards.float().view(n // group_size, group_size, m)
+    mean = r.mean(dim=1, keepdim=True)
+    std = r.std(dim=1, keepdim=True, unbiased=False)
+    adv = (r - mean) / (std + 1e-4)
+    return adv.clamp(-clip, clip).view(n, m)
+
+
+def clipped_objective(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, adv: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO-clipped policy loss over all (rollout, frame) entries, and its ratio statistics."""
+    ratio = torch.exp(log_prob - old_log_prob)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - clip_range, 1 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    with torch.no_grad():
+        stats = {
+            "clip_frac": ((ratio - 1).abs() > clip_range).float().mean(),
+            "ratio_mean": ratio.mean(),
+            "ratio_max": ratio.max(),
+            "ratio_min": ratio.min(),
+        }
+    return loss, stats
+
+
+@dataclass
+class Rollout:
+    """What re-scoring needs from one rollout batch (B * G videos of F latent frames, chunk size c).
+
+    clean: (N, C, F, h, w) the latents each chunk wrote to the cache; state / action: (N, C, F, h, w) per chunk
+    the noisy input x_{m,n} of its SDE step and the float32 sample it drew; sigma / sigma_next: (F,) the SDE step's
+    noise levels per frame; old_log_prob: (N, M) per chunk; sde_mask: (M,) chunks with an SDE step.
+    """
+
+    clean: torch.Tensor
+    state: torch.Tensor
+    action: torch.Tensor
+    sigma: torch.Tensor
+    sigma_next: torch.Tensor
+    old_log_prob: torch.Tensor
+    chunk_starts: list[int]
+
+
+def collect(chunks: list[ChunkResult], cfg: RolloutConfig) -> Rollout:
+    """Stack the per-chunk SDE records of `iter_rollout(..., sde_steps=...)` for re-scoring."""
+    if any(ch.sde_step < 0 for ch in chunks):
+        raise ValueError("every chunk needs an SDE step for GRPO")
+    sig = cfg.schedule.sigmas().tolist()
+    s, s_next = [], []
+    for ch in chunks:
+        f = ch.clean.shape[2]
+        s += [sig[ch.sde_step]] * f
+        s_next += [sig[ch.sde_step + 1]] * f
+    return Rollout(
+        clean=torch.cat([ch.cached for ch in chunks], dim=2),
+        state=torch.cat([ch.sde_prev for ch in chunks], dim=2),
+        action=torch.cat([ch.sde_sample for ch in chunks], dim=2),
+        sigma=torch.tensor(s),
+        sigma_next=torch.tensor(s_next),
+        old_log_prob=torch.stack([ch.log_prob for ch in chunks], dim=1).float(),
+        chunk_starts=[ch.start for ch in chunks],
+    )
+
+
+def rescore(
+    denoiser: Denoiser, ro: Rollout, cfg: RolloutConfig, noise_level: float
+) -> tuple[torch.Tensor, list[torch.Tensor], list[float]]:
+    """Log-probs (N, M) of every chunk's stored action under `denoiser`, from ONE teacher-forcing forward:
+    [clean self-generated frames | noisy states at their SDE steps] with per-frame timesteps.
+
+    Returns (log_prob, per-chunk Gaussian means, per-chunk std * sqrt(-dt)) (means carry gradient).
+    """
+    n = ro.state.shape[0]
+    t = (ro.sigma * NUM_TRAIN_TIMESTEPS).to(ro.state.device).expand(n, -1)
+    v = denoiser.teacher_forcing(ro.clean, ro.state, t, cfg.causal, cfg.context_timestep)
+    logps, means, scales = [], [], []
+    bounds = ro.chunk_starts + [ro.state.shape[2]]
+    for m in range(len(ro.chunk_starts)):
+        a, b = bounds[m], bounds[m + 1]
+        s, s_next = float(ro.sigma[a]), float(ro.sigma_next[a])
+        out = sde_step(
+            ro.state[:, :, a:b], v[:, :, a:b], s, s_next, noise_level, prev_sample=ro.action[:, :, a:b]
+        )
+        logps.append(out.log_prob)
+        means.append(out.mean)
+        scales.append(float(out.std))
+    return torch.stack(logps, dim=1), means, scales
+
+
+def gaussian_kl(
+    means: list[torch.Tensor], ref_means: list[torch.Tensor], scales: list[float]
+) -> torch.Tensor:
+    """Per-chunk KL (N, M) between two SDE-step Gaussians of equal std: ||mu - mu_ref||^2 / (2 std^2) (mean)."""
+    out = []
+    for mu, mu_ref, sc in zip(means, ref_means, scales):
+        kl = (mu.float() - mu_ref.float()) ** 2 / (2 * sc**2)
+        out.append(kl.mean(dim=tuple(range(1, kl.ndim))))
+    return torch.stack(out, dim=1)

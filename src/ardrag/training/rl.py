@@ -1,0 +1,226 @@
+"""RL stage: GRPO over the frame-wise denoising MDP with one SDE step per frame (PAPER.md Stage 2).
+
+Per training step, for each of the batch's B conditions: G rollouts of the current policy with Self-Rollout
+(every frame fully denoised and cached from the policy's own output, exactly as at inference), where per frame
+ONE randomly chosen denoising step is the Flow-GRPO SDE step (it alone has a log-probability) and the others are
+the deterministic ODE; decode; per-frame rewards (tracker-based motion + appearance); per-frame advantages
+normalised within the group; then `inner_updates` PPO-clipped steps that re-score every frame's SDE step of a
+video in ONE teacher-forcing forward, plus a KL to the frozen initial student.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ardrag.pipeline import ARDragPipeline
+from ardrag.sampling import Conditions, Denoiser, iter_rollout, randn
+from ardrag.training.base import StageModule
+from ardrag.training.grpo import (
+    GRPOConfig,
+    clipped_objective,
+    collect,
+    gaussian_kl,
+    group_advantages,
+    rescore,
+)
+from ardrag.training.rewards import RewardConfig, compute_rewards, frame_rewards_to_latent
+
+
+@dataclass
+class RLOptim:
+    """AdamW on the policy (the paper's RL learning rate is unknown)."""
+
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+def _repeat(x: Any, g: int) -> Any:
+    """Repeat each of B entries G times, contiguously (rollouts of one condition are neighbours)."""
+    if isinstance(x, torch.Tensor):
+        return x.repeat_interleave(g, dim=0)
+    if isinstance(x, list):
+        return [v for v in x for _ in range(g)]
+    return x
+
+
+class RLModule(StageModule):
+    """GRPO fine-tune of an exported AR student.
+
+    Args:
+        init: exported student pipeline folder (the SFT stage's export); also the frozen KL reference.
+        grpo: group size, clip range, KL weight, inner updates, SDE noise level and step choice.
+        reward: reward terms and weights.
+        optim: AdamW settings.
+        seed: every random draw of a step is a function of (seed, global step, rank).
+    """
+
+    def __init__(
+        self,
+        init: str = "results/toy/checkpoints/sft",
+        grpo: GRPOConfig | None = None,
+        reward: RewardConfig | None = None,
+        optim: RLOptim | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        self.automatic_optimization = False
+        self.grpo = grpo or GRPOConfig()
+        self.reward_cfg = reward or RewardConfig()
+        self.optim_cfg = optim or RLOptim()
+        path = Path(init)
+        if not (path / "ardrag_pipeline.json").exists():
+            raise FileNotFoundError(
+                f"initial student not found at {path}: give model.init_args.init = an exported AR pipeline "
+                "(e.g. results/toy/checkpoints/sft, or runs/toy/sft/export from ardrag-fit --config configs/toy/sft.yaml)"
+            )
+        pipe = ARDragPipeline.from_pretrained(path)
+        if pipe.config.mode != "autoregressive":
+            raise ValueError(
+                f"{path} is a {pipe.config.mode} pipeline; RL fine-tunes an autoregressive student"
+            )
+        self.policy = pipe.transformer.train().requires_grad_(True)
+        self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.attach_pipeline(pipe)
+        self.rollout_cfg = dataclasses.replace(
+            pipe.config.rollout(), noise_level=self.grpo.noise_level, cache_update="full_denoise"
+        )
+
+    # the frozen reference is re-read from `init`, never stored in checkpoints
+    def state_dict(self, *args, **kwargs):
+        sd = super().state_dict(*args, **kwargs)
+        return type(sd)((k, v) for k, v in sd.items() if not k.startswith("reference."))
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        full = dict(state_dict)
+        full.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
+        return super().load_state_dict(full, strict=strict, **kwargs)
+
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        return torch.optim.AdamW(
+            self.policy.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
+        )
+
+    # ------------------------------------------------------------------ rollouts and rewards
+    @torch.no_grad()
+    def rollout(self, conds: Conditions, shape: tuple[int, ...], g: torch.Generator):
+        """G-fold rollouts of the policy: (Rollout record for re-scoring, decoded uint8 videos (N, T, H, W, 3))."""
+        n, _, f = shape[:3]
+        c = self.rollout_cfg.causal.chunk_size
+        n_chunks = -(-f // c)
+        k = self.grpo.sde_choices(self.rollout_cfg.schedule.steps)
+        # one SDE step per chunk, the same for the whole batch (a chunk's steps share one forward)
+        sde_steps = torch.randint(0, k, (n_chunks,), generator=g).tolist()
+        noise = randn(shape, g, self.device)
+        chunks = list(
+            iter_rollout(
+                Denoiser(self.policy, conds), noise, self.rollout_cfg, sde_steps=sde_steps, generator=g
+            )
+        )
+        ro = collect(chunks, self.rollout_cfg)
+        latents = torch.cat([ch.clean for ch in chunks], dim=2)
+        video = self.codec.decode(latents)
+        frames = (
+            ((video.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
+        )
+        return ro, frames
+
+    def rewards(self, frames: np.ndarray, batch: dict[str, Any], num_latent: int) -> dict[str, np.ndarray]:
+        g = self.grpo.group_size
+        tracks = _repeat(batch["tracks"], g).numpy()
+        visible = _repeat(batch["visible"], g).numpy()
+        per_frame = compute_rewards(self.reward_cfg, frames, tracks, visible)
+        tf = getattr(self.codec, "temporal_factor", 1)
+        return {k: frame_rewards_to_latent(v, num_latent, tf) for k, v in per_frame.items()}
+
+    # ------------------------------------------------------------------ the step
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        gsz = self.grpo.group_size
+        g = self.step_generator()
+        t0 = time.perf_counter()
+        x0, conds = self.conditions(batch)
+        conds = Conditions(*(_repeat(getattr(conds, f.name), gsz) for f in dataclasses.fields(conds)))
+        shape = (x0.shape[0] * gsz, *x0.shape[1:])
+        ro, frames = self.rollout(conds, shape, g)
+        t1 = time.perf_counter()
+        rew = self.rewards(frames, batch, ro.old_log_prob.shape[1] * self.rollout_cfg.causal.chunk_size)
+        # per-chunk rewards: mean over the chunk's latent frames
+        c = self.rollout_cfg.causal.chunk_size
+        total = torch.from_numpy(rew["total"])
+        chunk_r = torch.stack([total[:, s : s + c].mean(1) for s in ro.chunk_starts], dim=1)
+        adv = group_advantages(chunk_r, gsz, self.grpo.adv_clip).to(self.device)
+        t2 = time.perf_counter()
+        ref_den = Denoiser(self.reference, conds)
+        with torch.no_grad():
+            _, ref_means, _ = rescore(ref_den, ro, self.rollout_cfg, self.grpo.noise_level)
+        logs: dict[str, torch.Tensor] = {}
+        for inner in range(self.grpo.inner_updates):
+            logp, means, scales = rescore(
+                Denoiser(self.policy, conds), ro, self.rollout_cfg, self.grpo.noise_level
+            )
+            pg, stats = clipped_objective(logp, ro.old_log_prob.to(logp.device), adv, self.grpo.clip_range)
+            kl = gaussian_kl(means, ref_means, scales).mean()
+            loss = pg + self.grpo.kl_weight * kl
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            gn = torch.nn.utils.clip_grad_norm_(
+                self.policy.parameters(), self.optim_cfg.grad_clip or float("inf")
+            )
+            opt.step()
+            if (
+                inner == 0
+            ):  # on-policy: ratio 1 and nothing clipped unless re-scoring disagrees with the rollout
+                logs["train/ratio_first_max_dev"] = (
+                    (logp.detach() - ro.old_log_prob.to(logp.device)).abs().max()
+                )
+                logs["train/clip_frac_first"] = stats["clip_frac"]
+        t3 = time.perf_counter()
+        bs = shape[0]
+        logs.update(
+            {
+                "train/loss": loss.detach(),
+                "train/policy": pg.detach(),
+                "train/kl": kl.detach(),
+                "train/clip_frac": stats["clip_frac"],
+                "train/ratio_mean": stats["ratio_mean"],
+                "train/ratio_max": stats["ratio_max"],
+                "train/grad_norm": gn.detach(),
+                "train/adv_std": adv.std(),
+                "train/reward/total": torch.tensor(float(rew["total"].mean())),
+                "train/reward/motion": torch.tensor(float(rew["motion"].mean())),
+                "train/reward/quality": torch.tensor(float(rew["quality"].mean())),
+                "train/reward/motion_std": torch.tensor(float(rew["motion"].std())),
+                "train/time/rollout_s": torch.tensor(t1 - t0),
+                "train/time/reward_s": torch.tensor(t2 - t1),
+                "train/time/update_s": torch.tensor(t3 - t2),
+                "train/lr": torch.tensor(opt.param_groups[0]["lr"]),
+            }
+        )
+        self.log_dict(logs, on_step=True, batch_size=bs)
+        self.log("reward", logs["train/reward/motion"], prog_bar=True, logger=False, batch_size=bs)
+        return logs["train/loss"]
+
+    # ------------------------------------------------------------------ hand-over
+    def export_pipeline(self) -> ARDragPipeline:
+        model = type(self.policy).from_config(self.policy.config).to(self.device)
+        model.load_state_dict(self.policy.state_dict())
+        return ARDragPipeline(model.eval(), self.codec, self.text_encoder, self.pipeline_config)
+
+    @torch.no_grad()
+    def sample_videos(self, batch: dict[str, Any]) -> np.ndarray:
+        x0, conds = self.conditions(batch)
+        noise = randn(x0.shape, torch.Generator().manual_seed(self.seed), self.device)
+        chunks = iter_rollout(Denoiser(self.policy, conds), noise, self.rollout_cfg)
+        video = self.codec.decode(torch.cat([ch.clean for ch in chunks], dim=2))
+        return ((video.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
