@@ -18,6 +18,15 @@ from ardrag.pipeline import PipelineConfig
 from datamodules.toy_world import write_toy_world
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one torch thread is several times faster than two on a busy 2-core CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     """A small toy world and a tiny exported teacher (16x16 frames, pixel codec factor 2)."""
@@ -151,3 +160,75 @@ def test_full_scale_models_build_on_meta():
     assert counts == {1_419_199_552}
     budget = json.loads(Path("results/training/sft_memory.json").read_text())
     assert budget["parameters"] == 1_419_199_552
+
+
+TOY_TEACHER = Path("results/toy/checkpoints/teacher")
+
+
+@pytest.mark.skipif(
+    not (TOY_TEACHER / "ardrag_pipeline.json").exists(), reason="needs the committed toy teacher (issue 9)"
+)
+def test_short_run_moves_student_samples_toward_the_teachers(tmp_path):
+    """A pixel-statistics Frechet distance between the student's 3-step AR samples and the teacher's 20-step
+    bidirectional samples (16 held-out conditions, other noise) falls during 20 DMD steps: the gap to the
+    teacher-vs-teacher level (two noise draws) at least halves."""
+    import lightning.pytorch as pl
+
+    from ardrag.sampling import randn
+    from ardrag.training.dmd import DMDConfig
+    from ardrag.training.sft import OptimConfig, SFTModule
+    from benchmark.metrics.frechet import frechet_distance_from_features
+    from datamodules import ARDragDataModule
+
+    write_toy_world(
+        tmp_path,
+        num_train=8,
+        num_val=16,
+        num_test=2,
+        frames=9,
+        samples_per_shard=4,
+        min_shards=2,
+        progress=False,
+    )
+    torch.manual_seed(0)
+    module = SFTModule(
+        str(TOY_TEACHER),
+        dmd=DMDConfig(real_guidance=1.0),
+        optim=OptimConfig(lr_generator=3e-4, lr_critic=3e-4, generator_every=1, ema_decay=0.0),
+    )
+    kw = dict(test_shards=None, num_workers=0, num_frames=5, max_tracks=3, seed=0)
+    train = ARDragDataModule(train_shards=str(tmp_path / "train"), val_shards=None, batch_size=2, **kw)
+    val = ARDragDataModule(
+        train_shards=str(tmp_path / "val"), val_shards=str(tmp_path / "val"), batch_size=16, **kw
+    )
+    val.setup("fit")
+    x0, conds = module.conditions(next(iter(val.val_dataloader())))
+
+    def features(latents):  # frames average-pooled to 8x8 RGB: (N frames, 192)
+        v = module.codec.decode(latents).clamp(-1, 1)
+        b, c, t, h, w = v.shape
+        return (
+            torch.nn.functional.avg_pool2d(v.transpose(1, 2).reshape(b * t, c, h, w), h // 8)
+            .flatten(1)
+            .numpy()
+        )
+
+    def noise(seed):
+        return randn(x0.shape, torch.Generator().manual_seed(seed), "cpu")
+
+    teacher = features(module.sample(conds, noise(1), "teacher"))
+    floor = frechet_distance_from_features(features(module.sample(conds, noise(2), "teacher")), teacher)
+    before = frechet_distance_from_features(features(module.sample(conds, noise(2), "student")), teacher)
+    trainer = pl.Trainer(
+        max_steps=20,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train)
+    after = frechet_distance_from_features(features(module.sample(conds, noise(2), "student")), teacher)
+    print(f"pixel FD(student, teacher): {before:.3f} -> {after:.3f}; teacher vs teacher {floor:.3f}")
+    assert after - floor < 0.5 * (before - floor)
