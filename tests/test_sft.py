@@ -171,7 +171,8 @@ TOY_TEACHER = Path("results/toy/checkpoints/teacher")
 def test_short_run_moves_student_samples_toward_the_teachers(tmp_path):
     """A pixel-statistics Frechet distance between the student's 3-step AR samples and the teacher's 20-step
     bidirectional samples (16 held-out conditions, other noise) falls during 20 DMD steps: the gap to the
-    teacher-vs-teacher level (two noise draws) at least halves."""
+    teacher-vs-teacher level (two noise draws) at least halves. Needs a gap to start with (else skipped, saying
+    so); the DMD direction itself is tested without a trained teacher in test_dmd.py."""
     import lightning.pytorch as pl
 
     from ardrag.sampling import randn
@@ -219,6 +220,13 @@ def test_short_run_moves_student_samples_toward_the_teachers(tmp_path):
     teacher = features(module.sample(conds, noise(1), "teacher"))
     floor = frechet_distance_from_features(features(module.sample(conds, noise(2), "teacher")), teacher)
     before = frechet_distance_from_features(features(module.sample(conds, noise(2), "student")), teacher)
+    if (
+        before < 1.1 * floor
+    ):  # measured: a 500-step toy teacher samples noise, FD 4.27 vs 4.51 between its own draws
+        pytest.skip(
+            f"the teacher's samples are indistinguishable from the initial student's ({before:.2f} vs "
+            f"teacher-vs-teacher {floor:.2f}): a teacher that generates structure is needed for this check"
+        )
     trainer = pl.Trainer(
         max_steps=20,
         accelerator="cpu",
