@@ -60,6 +60,7 @@ def _args(toy: Path, out: Path, steps: int, *extra: str) -> list[str]:
         "--checkpoint_every=3",
         f"--model.init_args.model.pipeline_config={toy / 'pipeline.json'}",
         "--model.init_args.model.preset=tiny",
+        "--model.init_args.model.preset_overrides={}",
         "--model.init_args.optim.warmup_steps=2",
         "--model.init_args.sampling.num_steps=4",
         f"--data.init_args.train_shards={toy / 'train'}",
