@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         "--run-config", "--run_config", dest="run_config", help="with --ckpt: the run's config.yaml"
     )
     p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="with --ckpt: store the transformer weights in this dtype (bfloat16 halves the folder)",
+    )
+    p.add_argument(
         "--mode", choices=["autoregressive", "bidirectional"], default=None, help="override the mode"
     )
     p.add_argument("--seed", type=int, default=0, help="initialisation seed for --preset")
@@ -37,9 +43,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.ckpt:
         try:
+            import torch
+
             from ardrag.training.base import export_checkpoint
 
-            out = export_checkpoint(args.ckpt, args.out, args.run_config)
+            dtype = getattr(torch, args.dtype) if args.dtype else None
+            out = export_checkpoint(args.ckpt, args.out, args.run_config, dtype)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             print(
                 f"ardrag-export: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",

@@ -130,8 +130,12 @@ class StageModule(pl.LightningModule):
         """uint8 (B, T, H, W, 3) videos generated for the batch's conditions (for the sample logger)."""
         raise NotImplementedError
 
-    def export_to(self, path: str | Path) -> Path:
+    def export_to(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write the exported pipeline; `dtype` (e.g. torch.bfloat16) stores the transformer weights smaller
+        (stages that load an export for training upcast it to float32)."""
         pipe = self.export_pipeline()
+        if dtype is not None:
+            pipe.transformer.to(dtype)
         pipe.save_pretrained(path)
         return Path(path)
 
@@ -154,7 +158,9 @@ def module_from_run_config(config_path: str | Path) -> StageModule:
     return init(ns).model
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, config: str | Path | None = None) -> Path:
+def export_checkpoint(
+    ckpt: str | Path, out: str | Path, config: str | Path | None = None, dtype: torch.dtype | None = None
+) -> Path:
     """Export the pipeline of a Lightning checkpoint of an ardrag-fit run (e.g. one that was stopped).
 
     `config` defaults to the run's saved `<root>/tb/config.yaml` (ckpt in `<root>/checkpoints/`).
@@ -168,4 +174,4 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, config: str | Path | No
     module = module_from_run_config(config)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors and plain containers only
     module.load_state_dict(state["state_dict"])
-    return module.export_to(out)
+    return module.export_to(out, dtype)

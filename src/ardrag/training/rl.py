@@ -84,6 +84,7 @@ class RLModule(StageModule):
                 "(e.g. results/toy/checkpoints/sft, or runs/toy/sft/export from ardrag-fit --config configs/toy/sft.yaml)"
             )
         pipe = ARDragPipeline.from_pretrained(path)
+        pipe.transformer.float()  # exports may store bf16 weights; training keeps float32 masters
         if pipe.config.mode != "autoregressive":
             raise ValueError(
                 f"{path} is a {pipe.config.mode} pipeline; RL fine-tunes an autoregressive student"

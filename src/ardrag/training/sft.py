@@ -358,4 +358,6 @@ def load_teacher(path: str | Path) -> ARDragPipeline:
         )
     if not list((path / "transformer").glob("*.safetensors")):
         raise FileNotFoundError(f"teacher weights missing: no safetensors in {path / 'transformer'}")
-    return ARDragPipeline.from_pretrained(path)
+    pipe = ARDragPipeline.from_pretrained(path)
+    pipe.transformer.float()  # exports may store bf16 weights; training keeps float32 masters
+    return pipe

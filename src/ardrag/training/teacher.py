@@ -202,7 +202,9 @@ class TeacherModule(StageModule):
 def build_pipeline(init: ModelInit) -> ARDragPipeline:
     """The starting pipeline: an export (`init`), a Wan2.1 folder (`base`), or a fresh preset."""
     if init.init is not None:
-        return ARDragPipeline.from_pretrained(init.init)
+        pipe = ARDragPipeline.from_pretrained(init.init)
+        pipe.transformer.float()  # exports may store bf16 weights; training keeps float32 masters
+        return pipe
     cfg_path = Path(init.pipeline_config)
     if not cfg_path.exists():
         raise FileNotFoundError(f"pipeline config {cfg_path} does not exist (see configs/pipeline/)")
