@@ -23,18 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    """32 x 32, 9-frame toy world and a pipeline config for the tiny backbone."""
-    root = tmp_path_factory.mktemp("toyfit")
+def small_toy(root: Path, seed: int, num_train: int = 16) -> Path:
+    """A 32 x 32, 9-frame toy world in `root` and `root/pipeline.json` (toy pipeline settings at that size)."""
     write_toy_world(
         root,
-        num_train=16,
+        num_train=num_train,
         num_val=4,
         num_test=4,
         size=32,
         frames=9,
-        seed=1,
+        seed=seed,
         samples_per_shard=4,
         progress=False,
     )
@@ -42,6 +40,11 @@ def toy(tmp_path_factory):
     cfg.update(height=32, width=32)
     (root / "pipeline.json").write_text(json.dumps(cfg))
     return root
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return small_toy(tmp_path_factory.mktemp("toyfit"), seed=1)
 
 
 def _args(toy: Path, out: Path, steps: int, *extra: str) -> list[str]:

@@ -7,31 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
-from test_fit import ROOT, _losses  # noqa: F401  (shared helpers)
+from test_fit import ROOT, small_toy
 
 from ardrag import ARDragPipeline
 from ardrag.cli.fit import main as fit_main
 from ardrag.pipeline import PipelineConfig
-from datamodules.toy_world import write_toy_world
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rl")
-    write_toy_world(
-        root,
-        num_train=8,
-        num_val=4,
-        num_test=4,
-        size=32,
-        frames=9,
-        seed=4,
-        samples_per_shard=4,
-        progress=False,
-    )
-    cfg = json.loads((ROOT / "configs/pipeline/toy.json").read_text())
-    cfg.update(height=32, width=32)
-    ARDragPipeline.from_preset("tiny", PipelineConfig.from_dict(cfg), seed=0).save_pretrained(root / "init")
+    root = small_toy(tmp_path_factory.mktemp("rl"), seed=4, num_train=8)
+    cfg = PipelineConfig.from_dict(json.loads((root / "pipeline.json").read_text()))
+    ARDragPipeline.from_preset("tiny", cfg, seed=0).save_pretrained(root / "init")
     return root
 
 

@@ -70,6 +70,22 @@ class StageModule(pl.LightningModule):
         for enc in self._encoders.values():
             enc.to(self.device)
 
+    # ------------------------------------------------------------------ frozen submodules
+    frozen_modules: tuple[str, ...] = ()
+    """Submodules re-read from their export at construction (a teacher, a KL reference): never stored in
+    checkpoints, and filled back in from the live module when a checkpoint is loaded."""
+
+    def state_dict(self, *args, **kwargs):
+        sd = super().state_dict(*args, **kwargs)
+        skip = tuple(f"{name}." for name in self.frozen_modules)
+        return type(sd)((k, v) for k, v in sd.items() if not (skip and k.startswith(skip)))
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        full = dict(state_dict)
+        for name in self.frozen_modules:
+            full.update({f"{name}.{k}": v for k, v in getattr(self, name).state_dict().items()})
+        return super().load_state_dict(full, strict=strict, **kwargs)
+
     # ------------------------------------------------------------------ exact resume
     batches_seen: int = 0
     """Training batches consumed so far (saved in checkpoints; the step-indexed data stream resumes there)."""

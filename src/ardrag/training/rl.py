@@ -97,14 +97,7 @@ class RLModule(StageModule):
         )
 
     # the frozen reference is re-read from `init`, never stored in checkpoints
-    def state_dict(self, *args, **kwargs):
-        sd = super().state_dict(*args, **kwargs)
-        return type(sd)((k, v) for k, v in sd.items() if not k.startswith("reference."))
-
-    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
-        full = dict(state_dict)
-        full.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
-        return super().load_state_dict(full, strict=strict, **kwargs)
+    frozen_modules = ("reference",)
 
     def configure_optimizers(self):
         o = self.optim_cfg

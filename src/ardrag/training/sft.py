@@ -170,15 +170,8 @@ class SFTModule(StageModule):
         ]
         return torch.optim.AdamW(groups, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
 
-    def state_dict(self, *args, **kwargs):
-        """The frozen teacher is re-read from its export; checkpoints hold student, critic, EMA and head only."""
-        sd = super().state_dict(*args, **kwargs)
-        return type(sd)((k, v) for k, v in sd.items() if not k.startswith("teacher."))
-
-    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
-        full = dict(state_dict)
-        full.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
-        return super().load_state_dict(full, strict=strict, **kwargs)
+    # the frozen teacher is re-read from its export; checkpoints hold student, critic, EMA and head only
+    frozen_modules = ("teacher",)
 
     # ------------------------------------------------------------------ pieces
     def denoisers(self, conds: Conditions) -> tuple[Denoiser, Denoiser, Denoiser]:
