@@ -32,10 +32,9 @@ import cv2
 import numpy as np
 
 from ardrag.hardware import hardware_string
-from ardrag.tracking import track_points, track_points_flow
+from ardrag.tracking import hold_last, track_points, track_points_flow
 from ardrag.video import atomic_write_bytes
 from benchmark.methods import build_method
-from benchmark.metrics.motion import _hold_last
 from benchmark.suites import select_tracks
 from datamodules.toy_world import ToyWorldConfig, clip_seed, render_clip
 
@@ -85,7 +84,7 @@ def per_frame(video: np.ndarray, item: dict) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, tracker in (("lk", track_points), ("flow", track_points_flow)):
         tracked, kv = tracker(video, item["tracks"][0])
-        held = _hold_last(np.asarray(tracked, np.float64), kv)
+        held = hold_last(np.asarray(tracked, np.float64), kv)
         err = np.linalg.norm(held - target, axis=-1)  # (T, N)
         with np.errstate(invalid="ignore"):
             out[f"err_{name}"] = np.where(tvis.any(1), (err * tvis).sum(1) / tvis.sum(1), np.nan)

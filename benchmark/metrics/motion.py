@@ -42,15 +42,6 @@ def _tracker(instrument: str) -> Callable[[np.ndarray, np.ndarray], tuple[np.nda
     raise ValueError(f"unknown motion instrument {instrument!r}; use one of {INSTRUMENTS}")
 
 
-def _hold_last(tracks: np.ndarray, visible: np.ndarray) -> np.ndarray:
-    """Forward-fill (T, N, 2) tracks where ``visible`` is False with the last visible position."""
-    held = tracks.copy()
-    for t in range(1, tracks.shape[0]):
-        lost = ~visible[t]
-        held[t, lost] = held[t - 1, lost]
-    return held
-
-
 def objmc_sums(
     target_tracks: np.ndarray,
     target_visible: np.ndarray | None,
@@ -80,7 +71,9 @@ def objmc_sums(
     kv = np.asarray(tracked_visible, bool)
     # A point can only be followed if it was seeded on a visible target at frame 0.
     tv = tv & tv[:1]
-    held = _hold_last(tracked, kv)
+    from ardrag.tracking import hold_last  # lazy, like the trackers: the one forward-fill rule
+
+    held = hold_last(tracked, kv)
     scale = np.asarray(scale_xy, np.float64)
     err = np.linalg.norm((tracked - target_tracks) * scale, axis=-1)  # (T, N)
     pen = np.linalg.norm((held - target_tracks) * scale, axis=-1)

@@ -231,3 +231,13 @@ def track_points_flow(
         tracks[i] = cur
         visible[i] = alive
     return tracks, visible
+
+
+def hold_last(tracks: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """Forward-fill (T, N, 2) tracks where ``visible`` is False with the last visible position (a lost point
+    counts as no longer following; used by the RL reward and the benchmark's penalised ObjMC)."""
+    held = tracks.copy()
+    for t in range(1, tracks.shape[0]):
+        lost = ~visible[t]
+        held[t, lost] = held[t - 1, lost]
+    return held

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ardrag.conditioning import Conditioner
-from ardrag.pipeline import ARDragPipeline
+from ardrag.conditioning import Conditioner, video_to_uint8
+from ardrag.pipeline import ARDragPipeline, PipelineConfig
 from ardrag.sampling import Conditions
 
 EXPORT_DIR = "export"
@@ -145,6 +145,16 @@ class StageModule(pl.LightningModule):
     def sample_videos(self, batch: dict[str, Any]) -> np.ndarray:
         """uint8 (B, T, H, W, 3) videos generated for the batch's conditions (for the sample logger)."""
         raise NotImplementedError
+
+    def decode_videos(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents (B, C, F, h, w) -> uint8 videos (B, T, H, W, 3) (sample logs, rewards)."""
+        return np.stack([video_to_uint8(v) for v in self.codec.decode(latents)])
+
+    def pipeline_with(self, weights: torch.nn.Module, config: PipelineConfig) -> ARDragPipeline:
+        """A pipeline around a fresh copy of `weights` (training keeps its own modules) and this stage's encoders."""
+        model = type(weights).from_config(weights.config).to(self.device)
+        model.load_state_dict(weights.state_dict())
+        return ARDragPipeline(model.eval(), self.codec, self.text_encoder, config)
 
     def export_to(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write the exported pipeline; `dtype` (e.g. torch.bfloat16) stores the transformer weights smaller

@@ -11,16 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ardrag.tracking import track_points
-
-
-def _hold_last(tracks: np.ndarray, visible: np.ndarray) -> np.ndarray:
-    """Lost points keep their last tracked position (they count as not following the drag any more)."""
-    out = tracks.copy()
-    for t in range(1, len(out)):
-        lost = ~visible[t]
-        out[t, lost] = out[t - 1, lost]
-    return out
+from ardrag.tracking import hold_last, track_points
 
 
 @dataclass
@@ -91,7 +82,7 @@ def compute_rewards(
         if not tv[0].any():
             continue
         found, kept = track_points(videos[i], tracks[i, 0])
-        held = _hold_last(found, kept)[:, tv[0]]
+        held = hold_last(found, kept)[:, tv[0]]
         tgt, tvk = tracks[i][:, tv[0]], tv[:, tv[0]]
         if cfg.motion:
             motion[i] = motion_reward(held, tgt, tvk, diag, cfg)

@@ -122,12 +122,7 @@ class RLModule(StageModule):
             )
         )
         ro = collect(chunks, self.rollout_cfg)
-        latents = torch.cat([ch.clean for ch in chunks], dim=2)
-        video = self.codec.decode(latents)
-        frames = (
-            ((video.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
-        )
-        return ro, frames
+        return ro, self.decode_videos(torch.cat([ch.clean for ch in chunks], dim=2))
 
     def rewards(self, frames: np.ndarray, batch: dict[str, Any], num_latent: int) -> dict[str, np.ndarray]:
         g = self.grpo.group_size
@@ -207,14 +202,11 @@ class RLModule(StageModule):
 
     # ------------------------------------------------------------------ hand-over
     def export_pipeline(self) -> ARDragPipeline:
-        model = type(self.policy).from_config(self.policy.config).to(self.device)
-        model.load_state_dict(self.policy.state_dict())
-        return ARDragPipeline(model.eval(), self.codec, self.text_encoder, self.pipeline_config)
+        return self.pipeline_with(self.policy, self.pipeline_config)
 
     @torch.no_grad()
     def sample_videos(self, batch: dict[str, Any]) -> np.ndarray:
         x0, conds = self.conditions(batch)
         noise = randn(x0.shape, torch.Generator().manual_seed(self.seed), self.device)
         chunks = iter_rollout(Denoiser(self.policy, conds), noise, self.rollout_cfg)
-        video = self.codec.decode(torch.cat([ch.clean for ch in chunks], dim=2))
-        return ((video.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
+        return self.decode_videos(torch.cat([ch.clean for ch in chunks], dim=2))

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ardrag.conditioning import video_to_uint8
 from ardrag.models.attention import CausalConfig
 from ardrag.pipeline import ARDragPipeline
 from ardrag.sampling import (
@@ -330,15 +329,12 @@ class SFTModule(StageModule):
     def sample_videos(self, batch: dict[str, Any]) -> np.ndarray:
         x0, conds = self.conditions(batch)
         noise = randn(x0.shape, torch.Generator().manual_seed(self.seed), self.device)
-        video = self.codec.decode(self.sample(conds, noise, "ema"))
-        return np.stack([video_to_uint8(v) for v in video])
+        return self.decode_videos(self.sample(conds, noise, "ema"))
 
     def export_pipeline(self) -> ARDragPipeline:
         """The student (EMA weights) as an autoregressive pipeline."""
         weights = self.ema.module if self.ema is not None else self.student
-        model = type(weights).from_config(weights.config).to(self.device)
-        model.load_state_dict(weights.state_dict())
-        return ARDragPipeline(model.eval(), self.codec, self.text_encoder, self.student_config())
+        return self.pipeline_with(weights, self.student_config())
 
 
 def load_teacher(path: str | Path) -> ARDragPipeline:

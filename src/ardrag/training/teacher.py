@@ -184,9 +184,7 @@ class TeacherModule(StageModule):
 
     def export_pipeline(self) -> ARDragPipeline:
         weights = self.ema.module if self.ema is not None else self.transformer
-        model = type(weights).from_config(weights.config).to(self.device)
-        model.load_state_dict(weights.state_dict())
-        return ARDragPipeline(model.eval(), self.codec, self.text_encoder, self.exported_config())
+        return self.pipeline_with(weights, self.exported_config())
 
     @torch.no_grad()
     def sample_videos(self, batch: dict[str, Any]) -> np.ndarray:
@@ -195,8 +193,7 @@ class TeacherModule(StageModule):
         model = self.ema.module if self.ema is not None else self.transformer
         den = Denoiser(model, conds, cfg.guidance_scale)
         noise = randn(x0.shape, torch.Generator().manual_seed(self.seed), self.device)
-        video = self.codec.decode(sample_bidirectional(den, noise, cfg.schedule()))
-        return ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
+        return self.decode_videos(sample_bidirectional(den, noise, cfg.schedule()))
 
 
 def build_pipeline(init: ModelInit) -> ARDragPipeline:
