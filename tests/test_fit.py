@@ -75,16 +75,21 @@ def _args(toy: Path, out: Path, steps: int, *extra: str) -> list[str]:
     ]
 
 
-def _losses(run: Path) -> dict[int, float]:
+def scalars(run: Path) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from every TensorBoard events file of a run (a resumed run's later file wins)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out: dict[int, float] = {}
+    out: dict[str, dict[int, float]] = {}
     for f in sorted(run.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
         acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
         acc.Reload()
-        if "train/loss" in acc.Tags()["scalars"]:
-            out.update({e.step: e.value for e in acc.Scalars("train/loss")})
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
     return out
+
+
+def _losses(run: Path) -> dict[int, float]:
+    return scalars(run).get("train/loss", {})
 
 
 def test_teacher_loss_falls_on_a_fixed_batch(toy):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_fit import ROOT, small_toy
+from test_fit import ROOT, scalars, small_toy
 
 from ardrag import ARDragPipeline
 from ardrag.cli.fit import main as fit_main
@@ -23,15 +23,7 @@ def setup(tmp_path_factory):
 
 
 def _scalars(run: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[float]] = {}
-    for f in run.rglob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out[tag] = [e.value for e in acc.Scalars(tag)]
-    return out
+    return {tag: list(v.values()) for tag, v in scalars(run).items()}
 
 
 def test_toy_rl_config_runs_grpo_steps_and_exports(setup, tmp_path):
