@@ -199,3 +199,30 @@ def test_bf16_weights_take_fp32_latents_and_return_fp32():
         out = model.to(torch.bfloat16)(x, t, ctx, cond=cond, causal=causal)
     assert out.dtype == torch.float32
     assert (out - ref).abs().max() < 0.03 * ref.abs().max()  # bf16 rounding only
+
+
+def test_sample_prediction_returns_the_velocity_of_its_x0_estimate():
+    """prediction_type='sample': proj_out predicts x0 and forward returns v = (x_s - x0_hat) / max(s, s_min), so every
+    caller (samplers, DMD, GRPO) keeps using velocities; the flow-matching target agrees with that conversion."""
+    from ardrag.sampling import velocity_target
+
+    vel = _randomised(CausalWanTransformer(**TINY))
+    smp = CausalWanTransformer(**TINY, prediction_type="sample")
+    smp.load_state_dict(vel.state_dict())
+    smp.eval()
+    x, ctx = torch.randn(2, 12, 3, 8, 8), torch.randn(2, 5, 16)
+    t = torch.tensor([[900.0, 500.0, 20.0], [100.0, 1000.0, 0.0]])  # per frame, two below s_min = 0.05
+    with torch.no_grad():
+        x0_hat = vel(x, t, ctx)  # same weights: the velocity model's raw output is the sample model's x0
+        v = smp(x, t, ctx)
+    s = (t / 1000).clamp_min(0.05)[:, None, :, None, None]
+    # one division in float32 of values ~1..20: rounding ~1e-6 relative
+    torch.testing.assert_close(v, (x - x0_hat) / s, rtol=1e-5, atol=1e-5)
+    x0, eps = torch.randn_like(x), torch.randn_like(x)
+    sig = torch.tensor([0.3, 0.8]).view(2, 1, 1, 1, 1)
+    xs = (1 - sig) * x0 + sig * eps
+    # at s >= s_min the target is eps - x0 for both parameterisations (same math, different op order)
+    torch.testing.assert_close(velocity_target(smp, xs, x0, eps, sig), eps - x0, rtol=1e-5, atol=1e-5)
+    assert torch.equal(velocity_target(vel, xs, x0, eps, sig), eps - x0)
+    with pytest.raises(ValueError, match="prediction_type"):
+        CausalWanTransformer(**TINY, prediction_type="epsilon")

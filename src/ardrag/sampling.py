@@ -284,6 +284,22 @@ class RolloutConfig:
             raise ValueError(f"context_timestep must be in [0, 1000), got {self.context_timestep}")
 
 
+def velocity_target(
+    model: torch.nn.Module, x_s: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """The flow-matching regression target for `model`'s velocity output at x_s = (1 - s) x0 + s eps.
+
+    eps - x0 for a velocity-predicting model; for an x0-predicting one ('sample', see `PREDICTION_TYPES`) the same
+    (x_s - x0) / max(s, s_min) that its output is converted with, which equals eps - x0 wherever s >= s_min, so a
+    perfect x0 gives zero loss at every level. sigma: broadcastable to x_s, e.g. (B, 1, 1, 1, 1) or (B, 1, F, 1, 1).
+    """
+    config = getattr(model, "config", {})
+    if config.get("prediction_type", "velocity") == "sample":
+        s = sigma.float().clamp_min(config.get("sample_sigma_min", 0.05))
+        return (x_s.float() - x0.float()) / s
+    return (eps - x0).float()
+
+
 def randn(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """float32 standard normal noise drawn on the generator's device, then moved: a CPU generator may drive CUDA
     tensors and a seed gives the same numbers on every device."""

@@ -61,6 +61,13 @@ def _flex_attention():
     return _FLEX["fn"]
 
 
+PREDICTION_TYPES = ("velocity", "sample")
+"""What `proj_out` predicts. 'velocity' (Wan2.1's own): v = eps - x0. 'sample': the clean latent x0, returned as the
+velocity v = (x_s - x0_hat) / max(s, sample_sigma_min), so every caller still receives a velocity. For pixel-space
+toys whose patch (192 values) is as wide as the model, x0 lies on a low-dimensional manifold while eps and v do not:
+the network then learns x0 far better (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise")."""
+
+
 class CausalWanTransformer(WanTransformer3DModel):
     """Wan2.1 DiT with frame-wise causal attention, a rolling KV cache and zero-initialised condition channels."""
 
@@ -84,6 +91,8 @@ class CausalWanTransformer(WanTransformer3DModel):
         rope_max_seq_len: int = 1024,
         pos_embed_seq_len: int | None = None,
         cond_in_channels: int = 0,
+        prediction_type: str = "velocity",
+        sample_sigma_min: float = 0.05,
     ) -> None:
         super().__init__(
             patch_size=patch_size,
@@ -103,6 +112,8 @@ class CausalWanTransformer(WanTransformer3DModel):
             rope_max_seq_len=rope_max_seq_len,
             pos_embed_seq_len=pos_embed_seq_len,
         )
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         self.cond_embedding = self._make_cond_embedding(cond_in_channels) if cond_in_channels > 0 else None
         # "sdpa": dense boolean token mask (fine at toy scale); "flex": FlexAttention block mask built from the
         # frame mask, memory O(blocks) instead of O(tokens^2): use it for full-scale masked training on CUDA.
@@ -336,7 +347,15 @@ class CausalWanTransformer(WanTransformer3DModel):
         x = (self.norm_out(xf.float()) * (1 + scale) + shift).type_as(x)
         x = self.proj_out(x)  # (B, F, tpf, C_out * p_h * p_w)
         x = x.reshape(b, f, pph, ppw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3).to(in_dtype)
+        x = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        if self.config.get("prediction_type", "velocity") == "sample":  # x0 -> velocity, in float32
+            s = self.velocity_sigma(t)[:, None, :, None, None]  # (B, 1, F, 1, 1)
+            x = (hidden_states.float() - x.float()) / s
+        return x.to(in_dtype)
+
+    def velocity_sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        """The noise level s dividing (x_s - x0_hat) for 'sample' models: t / 1000, at least sample_sigma_min."""
+        return (timestep.float() / 1000.0).clamp_min(self.config.get("sample_sigma_min", 0.05))
 
     def _token_mask(self, frame_mask: torch.Tensor, tpf: int, n_tokens: int):
         if self.attention_backend == "sdpa":

@@ -26,6 +26,7 @@ from ardrag.sampling import (
     context_frames,
     randn,
     shift_sigma,
+    velocity_target,
 )
 
 
@@ -196,7 +197,7 @@ def critic_loss(
     t = (s * NUM_TRAIN_TIMESTEPS)[:, None].expand(-1, x.shape[2])
     with capture_features(critic.model) as feats:
         v = critic.full(xs, t)
-    flow = F.mse_loss(v.float(), (eps - x).float())
+    flow = F.mse_loss(v.float(), velocity_target(critic.model, xs, x, eps, s.view(-1, 1, 1, 1, 1)))
     adv = flow.new_zeros(())
     if cfg.adversarial_weight > 0:
         if head is None or x_real is None:

@@ -25,6 +25,7 @@ from ardrag.sampling import (
     randn,
     sample_bidirectional,
     shift_sigma,
+    velocity_target,
 )
 from ardrag.training.base import StageModule, make_ema
 
@@ -143,7 +144,8 @@ class TeacherModule(StageModule):
         s = sigma.view(b, 1, 1, 1, 1)
         x_s = (1 - s) * x0 + s * eps
         v = self.transformer(x_s, sigma * NUM_TRAIN_TIMESTEPS, conds.context, cond=conds.cond)
-        return torch.nn.functional.mse_loss(v.float(), (eps - x0).float())
+        target = velocity_target(self.transformer, x_s, x0, eps, s)
+        return torch.nn.functional.mse_loss(v.float(), target)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         g = self.step_generator()
