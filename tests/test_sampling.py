@@ -16,7 +16,7 @@ from ardrag.sampling import (
     iter_rollout,
     ode_step,
     sde_kl,
-    sde_std,
+    sde_noise_rate,
     sde_step,
     shift_sigma,
 )
@@ -55,7 +55,7 @@ def test_sde_log_prob_matches_torch_normal(sigma, sigma_next):
     g = torch.Generator().manual_seed(0)
     x, v = torch.randn(3, 4, 2, 5, 5, generator=g), torch.randn(3, 4, 2, 5, 5, generator=g)
     out = sde_step(x, v, sigma, sigma_next, noise_level=0.7, generator=g)
-    scale = sde_std(sigma, sigma_next, 0.7) * math.sqrt(sigma - sigma_next)
+    scale = sde_noise_rate(sigma, sigma_next, 0.7) * math.sqrt(sigma - sigma_next)
     ref = torch.distributions.Normal(out.mean, scale).log_prob(out.sample).mean(dim=(1, 2, 3, 4))
     assert torch.isfinite(out.sample).all() and torch.isfinite(out.log_prob).all()
     assert torch.allclose(out.log_prob, ref, atol=1e-5)
@@ -68,7 +68,7 @@ def test_sde_log_prob_matches_torch_normal(sigma, sigma_next):
 
 def test_sde_step_at_sigma_one_uses_next_sigma_and_is_finite():
     x, v = torch.randn(1, 8), torch.randn(1, 8)
-    assert sde_std(1.0, 0.755, 0.7) == pytest.approx(0.7 * math.sqrt(1 / (1 - 0.755)))
+    assert sde_noise_rate(1.0, 0.755, 0.7) == pytest.approx(0.7 * math.sqrt(1 / (1 - 0.755)))
     out = sde_step(x, v, 1.0, 0.755, 0.7)
     assert torch.isfinite(out.mean).all() and torch.isfinite(out.log_prob).all()
 
@@ -76,7 +76,7 @@ def test_sde_step_at_sigma_one_uses_next_sigma_and_is_finite():
 def test_sde_mean_is_the_design_formula_and_noise_zero_is_ode():
     x, v = torch.randn(2, 6), torch.randn(2, 6)
     s, sn, a = 0.755, 0.522, 0.7
-    std, dt = sde_std(s, sn, a), sn - s
+    std, dt = sde_noise_rate(s, sn, a), sn - s
     mean = x * (1 + std**2 * dt / (2 * s)) + v * (1 + std**2 * (1 - s) / (2 * s)) * dt
     assert torch.allclose(sde_step(x, v, s, sn, a).mean, mean, atol=1e-6)
     assert torch.allclose(sde_step(x, v, s, sn, 1e-8).mean, ode_step(x, v, s, sn), atol=1e-6)
@@ -150,3 +150,19 @@ def test_rollout_rejects_wrong_step_lists():
         next(iter_rollout(den, torch.randn(1, 12, 3, 4, 4), RolloutConfig(), sde_steps=[0, 1]))
     with pytest.raises(ValueError, match="grad_steps"):
         next(iter_rollout(den, torch.randn(1, 12, 3, 4, 4), RolloutConfig(), grad_steps=[0, 1, 3]))
+
+
+def test_sde_step_std_is_the_transition_std_that_sde_kl_takes():
+    """One convention: SDEStep.std = noise_rate * sqrt(s - s_next) is the std of the sampled x' around its mean (checked
+    empirically) and the std sde_kl expects (a mean shifted by one std gives KL 1/2); the action is float32."""
+    s, sn, a = 0.755, 0.522, 0.7
+    x, v = torch.randn(1, 200_000).to(torch.bfloat16), torch.randn(1, 200_000)
+    out = sde_step(x, v, s, sn, a, generator=torch.Generator().manual_seed(3))
+    assert float(out.std) == pytest.approx(sde_noise_rate(s, sn, a) * math.sqrt(s - sn))
+    # 200k samples: the empirical std is within ~0.3% of the true one
+    assert float((out.sample - out.mean).std()) == pytest.approx(float(out.std), rel=0.01)
+    assert torch.allclose(sde_kl(out.mean + out.std, out.mean, out.std), torch.full((1,), 0.5))
+    # the stored action stays float32 even for bf16 states, so re-scoring it gives exactly the rollout's log-prob
+    assert out.sample.dtype == torch.float32
+    again = sde_step(x, v, s, sn, a, prev_sample=out.sample)
+    assert torch.equal(again.log_prob, out.log_prob)

@@ -71,7 +71,11 @@ def ode_step(x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: float) 
 
 @dataclass
 class SDEStep:
-    """Result of a stochastic step: sample, its log-probability (B,), the Gaussian's mean and std (float32)."""
+    """Result of a stochastic step, all float32 (the stored action must be exactly what was scored).
+
+    sample: x' (the action); log_prob: (B,); mean: the Gaussian's mean; std: the Gaussian's std, i.e. the step's
+    noise scale `sde_noise_rate(s, s_next, a) * sqrt(s - s_next)`, the std that `sde_kl` takes.
+    """
 
     sample: torch.Tensor
     log_prob: torch.Tensor
@@ -79,8 +83,9 @@ class SDEStep:
     std: torch.Tensor
 
 
-def sde_std(sigma: float, sigma_next: float, noise_level: float) -> float:
-    """Flow-GRPO's std_t = a sqrt(s / (1 - s)); at s = 1 the next sigma replaces s in (1 - s) to stay finite."""
+def sde_noise_rate(sigma: float, sigma_next: float, noise_level: float) -> float:
+    """Flow-GRPO's diffusion coefficient std_t = a sqrt(s / (1 - s)) (per unit time, NOT a step's std: that is
+    std_t sqrt(s - s_next), `SDEStep.std`); at s = 1 the next sigma replaces s in (1 - s) to stay finite."""
     denom_sigma = sigma_next if sigma >= 1.0 else sigma
     return noise_level * math.sqrt(sigma / (1.0 - denom_sigma))
 
@@ -104,7 +109,7 @@ def sde_step(
         raise ValueError(f"need sigma > sigma_next >= 0, got {sigma}, {sigma_next}")
     x32, v32 = x.float(), v.float()
     dt = sigma_next - sigma
-    std = sde_std(sigma, sigma_next, noise_level)
+    std = sde_noise_rate(sigma, sigma_next, noise_level)
     mean = x32 * (1 + std**2 * dt / (2 * sigma)) + v32 * (1 + std**2 * (1 - sigma) / (2 * sigma)) * dt
     scale = std * math.sqrt(-dt)
     if prev_sample is None:
@@ -113,11 +118,12 @@ def sde_step(
     prev32 = prev_sample.detach().float()
     log_prob = -((prev32 - mean) ** 2) / (2 * scale**2) - math.log(scale) - 0.5 * math.log(2 * math.pi)
     log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
-    return SDEStep(prev_sample.to(x.dtype), log_prob, mean, torch.tensor(scale))
+    return SDEStep(prev32, log_prob, mean, torch.tensor(scale))
 
 
 def sde_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:
-    """KL between two Gaussian SDE steps with the same std: ||mean - mean_ref||^2 / (2 std^2), averaged (B,)."""
+    """KL between two Gaussian SDE steps with the same std (`SDEStep.std`): ||mean - mean_ref||^2 / (2 std^2),
+    averaged over non-batch elements (B,)."""
     kl = (mean.float() - mean_ref.float()) ** 2 / (2 * torch.as_tensor(std, dtype=torch.float32) ** 2)
     return kl.mean(dim=tuple(range(1, kl.ndim)))
 

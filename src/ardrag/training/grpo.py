@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ardrag.sampling import NUM_TRAIN_TIMESTEPS, ChunkResult, Denoiser, RolloutConfig, sde_step
+from ardrag.sampling import NUM_TRAIN_TIMESTEPS, ChunkResult, Denoiser, RolloutConfig, sde_kl, sde_step
 
 
 @dataclass
@@ -142,8 +142,4 @@ def gaussian_kl(
     means: list[torch.Tensor], ref_means: list[torch.Tensor], scales: list[float]
 ) -> torch.Tensor:
     """Per-chunk KL (N, M) between two SDE-step Gaussians of equal std: ||mu - mu_ref||^2 / (2 std^2) (mean)."""
-    out = []
-    for mu, mu_ref, sc in zip(means, ref_means, scales):
-        kl = (mu.float() - mu_ref.float()) ** 2 / (2 * sc**2)
-        out.append(kl.mean(dim=tuple(range(1, kl.ndim))))
-    return torch.stack(out, dim=1)
+    return torch.stack([sde_kl(mu, mu_ref, sc) for mu, mu_ref, sc in zip(means, ref_means, scales)], dim=1)
