@@ -65,6 +65,54 @@ def test_toy_rl_config_runs_grpo_steps_and_exports(setup, tmp_path):
     assert pipe.config.mode == "autoregressive" and pipe.config.timesteps == [1000.0, 755.0, 522.0]
 
 
+def brightness(videos, tracks, visible):
+    """A pluggable per-frame reward for the learning test: mean intensity of each frame in [0, 1] (causal)."""
+    return videos.astype("float32").mean(axis=(2, 3, 4)) / 255.0
+
+
+def test_short_grpo_run_raises_a_pluggable_reward(setup, tmp_path):
+    """GRPO end to end (rollouts, group advantages, clipped re-scored updates): a reward plugged in through the config
+    rises in a short run. The toy motion reward needs a model that already moves sprites (its rise is the committed
+    toy run's reward curve, results/toy/reward_curve.png); brightness is learnable from a random tiny model."""
+    out = tmp_path / "run"
+    batches = 12  # max_steps counts optimizer steps: batches x inner_updates (2)
+    rc = fit_main(
+        [
+            "--config",
+            str(ROOT / "configs/toy/rl.yaml"),
+            f"--trainer.default_root_dir={out}",
+            f"--trainer.max_steps={2 * batches}",
+            "--trainer.log_every_n_steps=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.callbacks=[]",
+            f"--model.init_args.init={setup / 'init'}",
+            "--model.init_args.grpo.group_size=4",
+            "--model.init_args.grpo.inner_updates=2",
+            "--model.init_args.grpo.clip_range=0.2",
+            "--model.init_args.grpo.kl_weight=0.0",
+            "--model.init_args.reward.motion=0.0",
+            "--model.init_args.reward.quality=0.0",
+            '--model.init_args.reward.extra={"test_rl:brightness": 1.0}',
+            "--model.init_args.optim.lr=3e-3",
+            f"--data.init_args.train_shards={setup / 'train'}",
+            f"--data.init_args.val_shards={setup / 'val'}",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=1",
+            "--data.init_args.num_frames=5",
+        ]
+    )
+    assert rc == 0
+    r = _scalars(out)["train/reward/brightness"]
+    assert len(r) == batches
+    first, last = sum(r[:4]) / 4, sum(r[-4:]) / 4
+    # seeded run, measured on an AMD EPYC: 0.503 -> 0.578 per batch, rising at every batch (first 4 mean 0.508, last
+    # 4 mean 0.567); the margin is half the measured rise. A flipped advantage sign would make it fall, a broken ratio or
+    # zero advantages would leave it wandering
+    assert last > first + 0.03, [round(v, 4) for v in r]
+    rises = sum(b > a for a, b in zip(r, r[1:]))
+    assert rises >= 8, [round(v, 4) for v in r]  # of 11 batch-to-batch changes
+
+
 def test_full_scale_rl_config_refuses_cleanly_without_a_student(tmp_path, capsys):
     rc = fit_main(["--config", str(ROOT / "configs/rl.yaml"), f"--trainer.default_root_dir={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -7,7 +7,9 @@ frame to frame). `frame_rewards_to_latent` averages them over the video frames o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +39,29 @@ class RewardConfig:
     appearance_patch: int = 5
     """Patch side, pixels (odd)."""
     appearance_tau: float = 0.1
+    extra: dict[str, float] = field(default_factory=dict)
+    """More reward terms: {"package.module:function": weight}. Each function maps (videos uint8 (N, T, H, W, 3),
+    tracks (N, T, K, 2), visible (N, T, K)) to per-frame rewards (N, T) that depend only on frames <= t; it is
+    logged as train/reward/<function> and added to the total with its weight (e.g. an aesthetic scorer)."""
+
+
+RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def load_reward(spec: str) -> RewardFn:
+    """The function named by "package.module:function" (a clear error when it cannot be found)."""
+    mod_name, _, fn_name = spec.partition(":")
+    if not mod_name or not fn_name:
+        raise ValueError(f"reward {spec!r}: expected 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"reward {spec!r} cannot be loaded: {e}") from None
+    return fn
+
+
+def reward_name(spec: str) -> str:
+    return spec.partition(":")[2]
 
 
 def motion_reward(held: np.ndarray, tracks: np.ndarray, tv: np.ndarray, diag: float, cfg: RewardConfig):
@@ -67,7 +92,8 @@ def appearance_reward(
 def compute_rewards(
     cfg: RewardConfig, videos: np.ndarray, tracks: np.ndarray, visible: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """{"motion", "quality", "total"}: per-video-frame rewards (N, T); the terms unweighted, the total weighted.
+    """{"motion", "quality", <extra terms>, "total"}: per-video-frame rewards (N, T); the terms unweighted, the
+    total weighted.
 
     videos uint8 (N, T, H, W, 3); tracks (N, T, K, 2) target pixels; visible (N, T, K). One tracker pass per video
     (`ardrag.tracking.track_points`, seeded at the frame-0 targets); it runs forward frame to frame, so the reward
@@ -88,7 +114,16 @@ def compute_rewards(
             motion[i] = motion_reward(held, tgt, tvk, diag, cfg)
         if cfg.quality:
             quality[i] = appearance_reward(videos[i], held, tgt[0], cfg)
-    return {"motion": motion, "quality": quality, "total": cfg.motion * motion + cfg.quality * quality}
+    out = {"motion": motion, "quality": quality}
+    total = cfg.motion * motion + cfg.quality * quality
+    for spec, weight in cfg.extra.items():
+        r = np.asarray(load_reward(spec)(videos, tracks, visible), np.float32)
+        if r.shape != (n, t_len):
+            raise ValueError(f"reward {spec!r} returned shape {r.shape}, expected {(n, t_len)}")
+        out[reward_name(spec)] = r
+        total = total + weight * r
+    out["total"] = total
+    return out
 
 
 def frame_rewards_to_latent(rewards: np.ndarray, num_latent: int, temporal_factor: int) -> np.ndarray:

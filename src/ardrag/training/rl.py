@@ -31,7 +31,12 @@ from ardrag.training.grpo import (
     group_advantages,
     rescore,
 )
-from ardrag.training.rewards import RewardConfig, compute_rewards, frame_rewards_to_latent
+from ardrag.training.rewards import (
+    RewardConfig,
+    compute_rewards,
+    frame_rewards_to_latent,
+    reward_name,
+)
 
 
 @dataclass
@@ -190,6 +195,10 @@ class RLModule(StageModule):
                 "train/reward/motion": torch.tensor(float(rew["motion"].mean())),
                 "train/reward/quality": torch.tensor(float(rew["quality"].mean())),
                 "train/reward/motion_std": torch.tensor(float(rew["motion"].std())),
+                **{
+                    f"train/reward/{reward_name(k)}": torch.tensor(float(rew[reward_name(k)].mean()))
+                    for k in self.reward_cfg.extra
+                },
                 "train/time/rollout_s": torch.tensor(t1 - t0),
                 "train/time/reward_s": torch.tensor(t2 - t1),
                 "train/time/update_s": torch.tensor(t3 - t2),
