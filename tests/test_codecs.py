@@ -79,3 +79,18 @@ def test_conditioner_layout():
     assert c.shape == (2, cond.channels, 3, 4, 4) and cond.channels == 97
     assert torch.equal(c[:, 48:96, 0], codec.encode(ref[:, :, None])[:, :, 0])  # reference at frame 0
     assert c[:, 48:96, 1:].abs().sum() == 0 and c[:, 96, 0].eq(1).all() and c[:, 96, 1:].eq(0).all()
+
+
+def test_conditioner_can_repeat_the_reference_in_every_frame():
+    codec = PixelCodec(4)
+    ref = torch.rand(2, 3, 16, 16) * 2 - 1
+    tracks = torch.full((2, 3, 1, 2), 8.0)
+    first = Conditioner(codec, 2.0, reference_frames="first")(ref, tracks, None)
+    every = Conditioner(codec, 2.0, reference_frames="all")(ref, tracks, None)
+    enc = codec.encode(ref[:, :, None])[:, :, 0]
+    for m in range(3):
+        assert torch.equal(every[:, 48:96, m], enc)  # the reference at every latent frame
+    # trajectory channels and the frame-0 mask are the same in both layouts
+    assert torch.equal(every[:, :48], first[:, :48]) and torch.equal(every[:, 96:], first[:, 96:])
+    with pytest.raises(ValueError, match="reference_frames"):
+        Conditioner(codec, 2.0, reference_frames="last")

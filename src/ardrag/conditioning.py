@@ -1,7 +1,10 @@
 """Conditions for frame-wise generation: trajectory heatmaps encoded like video, the reference latent and mask.
 
 Per latent frame m the backbone gets `cond_in_channels = 2 C + 1` extra channels (C = codec latent channels):
-  [trajectory latent (C) | reference-image latent at m = 0, zeros elsewhere (C) | mask: 1 at m = 0 (1)].
+  [trajectory latent (C) | reference-image latent at m = 0, zeros elsewhere (C) | mask: 1 at m = 0 (1)]
+(`reference_frames="first"`, Wan I2V's layout), or with the reference latent repeated at every m
+(`reference_frames="all"`: every token sees the reference patch at its own place, so a static background is a
+local copy instead of an attention lookup into frame 0; the toy pipeline uses it).
 The trajectory video is a Gaussian blob per visible point per frame, coloured by track index so that crossing
 tracks stay distinguishable, then encoded by the codec exactly like a video (as AR-Drag does).
 """
@@ -26,6 +29,9 @@ PALETTE = torch.tensor(
         [1.0, 0.6, 0.1],
     ]
 )
+
+
+REFERENCE_FRAMES = ("first", "all")
 
 
 def cond_channels(codec: Codec) -> int:
@@ -78,9 +84,12 @@ class Conditioner:
     (B, T, N, 2) pixels; visible (B, T, N) bool; T video frames (T must be a valid frame count for the codec).
     """
 
-    def __init__(self, codec: Codec, heatmap_sigma: float = 2.0) -> None:
+    def __init__(self, codec: Codec, heatmap_sigma: float = 2.0, reference_frames: str = "first") -> None:
+        if reference_frames not in REFERENCE_FRAMES:
+            raise ValueError(f"reference_frames must be one of {REFERENCE_FRAMES}, got {reference_frames!r}")
         self.codec = codec
         self.heatmap_sigma = heatmap_sigma
+        self.reference_frames = reference_frames
 
     @property
     def channels(self) -> int:
@@ -105,8 +114,11 @@ class Conditioner:
         traj = self.trajectory_latents(tracks, visible, height, width)
         ref = self.reference_latent(reference).to(traj.dtype)
         b, _, f, h, w = traj.shape
-        ref_full = torch.zeros_like(traj)
-        ref_full[:, :, :1] = ref
+        if self.reference_frames == "all":
+            ref_full = ref.expand(-1, -1, f, -1, -1)
+        else:
+            ref_full = torch.zeros_like(traj)
+            ref_full[:, :, :1] = ref
         mask = torch.zeros(b, 1, f, h, w, dtype=traj.dtype, device=traj.device)
         mask[:, :, 0] = 1.0
         return torch.cat([traj, ref_full, mask], dim=1)

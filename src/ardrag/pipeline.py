@@ -25,7 +25,13 @@ import numpy as np
 import torch
 
 from ardrag.codecs import Codec, build_codec
-from ardrag.conditioning import Conditioner, cond_channels, image_to_tensor, video_to_uint8
+from ardrag.conditioning import (
+    REFERENCE_FRAMES,
+    Conditioner,
+    cond_channels,
+    image_to_tensor,
+    video_to_uint8,
+)
 from ardrag.models.attention import CausalConfig
 from ardrag.models.causal_wan import CausalWanTransformer
 from ardrag.models.presets import preset_config
@@ -79,6 +85,9 @@ class PipelineConfig:
     negative_prompt: str = ""
     heatmap_sigma: float = 2.0
     """Gaussian blob sigma of the trajectory heatmaps, pixels of the generated video."""
+    reference_frames: str = "first"
+    """Where the reference-image latent goes in the condition channels: 'first' (latent frame 0 only, Wan I2V's
+    layout) or 'all' (every latent frame: each token sees the reference patch at its own place; see Conditioner)."""
     max_tracks: int = 64
     """Most drags accepted (trajectory files with more are refused)."""
     max_frames: int = 1024
@@ -87,6 +96,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("autoregressive", "bidirectional"):
             raise ValueError(f"mode must be 'autoregressive' or 'bidirectional', got {self.mode!r}")
+        if self.reference_frames not in REFERENCE_FRAMES:
+            raise ValueError(f"reference_frames must be one of {REFERENCE_FRAMES}, got {self.reference_frames!r}")
         self.rollout()  # validates schedule and causal settings
 
     def schedule(self) -> FlowSchedule:
@@ -150,7 +161,7 @@ class ARDragPipeline:
         self.config = dataclasses.replace(
             config, codec=codec.describe(), text_encoder=text_encoder.describe()
         )
-        self.conditioner = Conditioner(codec, config.heatmap_sigma)
+        self.conditioner = Conditioner(codec, config.heatmap_sigma, config.reference_frames)
         codec.check_size(config.height, config.width, transformer.config.patch_size[1])
         want = self.conditioner.channels
         if transformer.config.cond_in_channels != want:
