@@ -399,3 +399,21 @@ def test_one_progress_bar_over_all_phases_and_one_small_n_warning_per_metric(
     assert len(small) == 2 and {m.split(":")[0] for m in small} == {"FID", "FVD"}
     assert "3 of the sets" in small[0]
     assert not [r for r in caplog.records if "biased upwards; compare only" in r.getMessage()]
+
+
+def test_cache_survives_new_file_times_but_not_new_bytes(tmp_path, shards, monkeypatch):
+    _fake_set_metrics(monkeypatch)
+    videos = _noisy_videos(shards, tmp_path / "noisy")
+    cfg = _config(tmp_path, shards, "res", "cache", videos)
+    cfg["methods"] = [m for m in cfg["methods"] if m["name"] == "Noisy"]
+    ev.EvalRunner(cfg, progress=False).run()
+    for p in videos.rglob("*.npy"):  # e.g. the same outputs written again: new times, same bytes
+        os.utime(p, (1, 1))
+    runner = ev.EvalRunner(cfg, progress=False)
+    runner.run()
+    assert runner.n_new == 0
+    v = np.load(videos / "item000" / "seed0.npy")
+    np.save(videos / "item000" / "seed0.npy", 255 - v)  # new bytes: every video of the method is redone
+    runner = ev.EvalRunner(cfg, progress=False)
+    runner.run()
+    assert runner.n_new == 8
