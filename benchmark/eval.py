@@ -4,9 +4,10 @@ For every method row x seed x suite item the runner generates (or reads) a video
 metrics (ObjMC with the LK tracker and with dense flow, motion smoothness (flow-interp), aesthetic when
 weights are given) and caches both under ``cache_dir/<method hash>/seed<k>/``; an interrupted run resumes
 from there. Set-level FID/FVD are computed per seed against the suite's ground-truth videos. Latency is
-measured on generating methods (warm-up excluded). Outputs in ``out_dir`` (default ``results/<suite>/``):
-``table1.{csv,md}``, ``table2.{csv,md}``, ``latency.{csv,md}``, ``latency_vs_frame.png``, ``walltime.csv``
-and ``meta.json``.
+measured on generating methods (warm-up excluded). Outputs: ``table1.{csv,md}``, ``table2.{csv,md}`` (a
+table no method row asks for is not written), ``latency.{csv,md}``, ``latency_vs_frame.png``, ``walltime.csv``
+and ``meta.json``, in ``<cache_dir>/results/`` (untracked) by default; ``--publish`` writes them to the
+config's ``out_dir`` (the committed ``results/<suite>/``), ``--out-dir DIR`` anywhere.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 
 from ardrag.video import atomic_write_bytes
 from benchmark import tables
-from benchmark.methods import Method, MissingVideo, build_method, method_key
+from benchmark.methods import Method, MissingVideo, build_method, folder_fingerprint, method_key
 from benchmark.metrics.aesthetic import aesthetic_score, load_aesthetic
 from benchmark.metrics.latency import hardware_string, measure_latency
 from benchmark.metrics.motion import finalize_objmc, motion_sums
@@ -41,6 +42,7 @@ log = logging.getLogger("ardrag.eval")
 DEFAULT_METRICS: dict[str, Any] = {
     "objmc": True,
     "objmc_flow": True,
+    "objmc_min_coverage": 0.5,
     "report_size": None,
     "smoothness": True,
     "aesthetic": {"clip": None, "head": None, "frame_stride": 4},
@@ -326,6 +328,7 @@ class EvalRunner:
         self.n_new = 0
         self.notes: list[str] = []
         self.missing: dict[tuple[str, int], int] = {}
+        self._suite_fingerprint: str | None = None
 
     # -- helpers
     def _rows(self) -> list[dict[str, Any]]:
@@ -341,7 +344,12 @@ class EvalRunner:
         return self.cfg["seeds"][:1] if method.deterministic else list(self.cfg["seeds"])
 
     def _method_dir(self, method: Method) -> Path:
-        return self.cache_dir / method_key(method, {"suite": self.cfg["suite"]})
+        # the suite's bytes too: re-prepared shards (e.g. after a tracker fix) must not reuse old metrics
+        if self._suite_fingerprint is None:
+            self._suite_fingerprint = folder_fingerprint(self.cfg["suite"]["path"])
+        return self.cache_dir / method_key(
+            method, {"suite": self.cfg["suite"], "suite_data": self._suite_fingerprint}
+        )
 
     def run(self) -> dict[str, Any]:
         """Evaluate every method row; returns a summary. Raises ``BudgetExhausted`` when ``max_new`` is hit."""
@@ -364,9 +372,20 @@ class EvalRunner:
         scorer = load_aesthetic(self.metrics["aesthetic"])
         pv_cfg = _per_video_metric_config(self.metrics)
         pv_key = _hash(pv_cfg)
-        total = sum(len(self._seeds(methods[r["name"]])) * len(items) for r in rows)
+        # one bar over every phase: a step is a video, an FID/FVD set, or a latency item
+        n_videos = sum(len(self._seeds(methods[r["name"]])) * len(items) for r in rows)
+        kinds = [k for k in ("fid", "fvd") if self.metrics[k].get("enabled", True)]
+        n_sets = sum(len(self._seeds(methods[r["name"]])) for r in rows) * len(kinds)
+        lat = self.metrics["latency"]
+        n_lat = (
+            sum(methods[r["name"]].generates for r in rows) * min(int(lat.get("items", 2)), len(items))
+            if lat.get("enabled", True)
+            else 0
+        )
         results: dict[str, dict[int, dict[str, dict]]] = {}
-        bar = tqdm(total=total, desc="ardrag-eval", unit="video", disable=not self.progress)
+        bar = tqdm(
+            total=n_videos + n_sets + n_lat, desc="ardrag-eval", unit="step", disable=not self.progress
+        )
         for r in rows:
             method = methods[r["name"]]
             mdir = self._method_dir(method)
@@ -375,16 +394,16 @@ class EvalRunner:
             for seed in self._seeds(method):
                 per_item: dict[str, dict] = {}
                 for item in items:
-                    bar.set_postfix_str(f"{r['name']} seed {seed}")
+                    bar.set_postfix_str(f"videos: {r['name']} seed {seed}")
                     res = self._one(method, mdir, seed, item, pv_cfg, pv_key, scorer)
                     if res is not None:
                         per_item[item["key"]] = res
                     bar.update(1)
                 results[r["name"]][seed] = per_item
-        bar.close()
 
-        setlevel = self._set_level_all(rows, methods, items, results)
-        latency = self._latency_all(rows, methods, items)
+        setlevel = self._set_level_all(rows, methods, items, results, bar)
+        latency = self._latency_all(rows, methods, items, bar)
+        bar.close()
         summary = self._write_outputs(rows, methods, items, results, setlevel, latency, suite, t_start)
         return summary
 
@@ -431,7 +450,22 @@ class EvalRunner:
         _write_json(met_path, res)
         return res
 
-    def _set_level_all(self, rows, methods, items, results) -> dict[str, dict[int, dict[str, Any]]]:
+    def _set_level_all(self, rows, methods, items, results, bar=None) -> dict[str, dict[int, dict[str, Any]]]:
+        small_n = _CollectSmallN()
+        logging.getLogger("benchmark.metrics.frechet").addFilter(small_n)
+        try:
+            return self._set_level_sets(rows, methods, items, results, bar)
+        finally:
+            logging.getLogger("benchmark.metrics.frechet").removeFilter(small_n)
+            for kind, n in sorted(small_n.counts.items()):  # one line per metric, not one per set
+                log.warning(
+                    "%s: %d of the sets have fewer samples than feature dimensions (biased upwards; flagged "
+                    "in the tables): compare only at equal N",
+                    kind,
+                    n,
+                )
+
+    def _set_level_sets(self, rows, methods, items, results, bar) -> dict[str, dict[int, dict[str, Any]]]:
         out: dict[str, dict[int, dict[str, Any]]] = {}
         real = [it["video"] for it in items if it.get("video") is not None]
         kinds = [k for k in ("fid", "fvd") if self.metrics[k].get("enabled", True)]
@@ -447,9 +481,11 @@ class EvalRunner:
             for seed, per_item in results[r["name"]].items():
                 keys = sorted(per_item)
                 if not keys:
+                    _tick(bar, len(kinds))
                     continue
                 out[r["name"]][seed] = {}
                 for kind in kinds:
+                    _tick(bar, 1, f"{kind.upper()}: {r['name']} seed {seed}")
                     opts = self.metrics[kind]
                     code = code_fingerprint(SET_LEVEL_CODE[kind]) + f"-record{SET_LEVEL_RECORD_VERSION}"
                     path = (
@@ -485,7 +521,7 @@ class EvalRunner:
                     out[r["name"]][seed][kind] = res
         return out
 
-    def _latency_all(self, rows, methods, items) -> dict[str, dict[str, Any]]:
+    def _latency_all(self, rows, methods, items, bar=None) -> dict[str, dict[str, Any]]:
         lat_cfg = self.metrics["latency"]
         out: dict[str, dict[str, Any]] = {}
         if not lat_cfg.get("enabled", True):
@@ -497,13 +533,16 @@ class EvalRunner:
             if not method.generates:
                 continue
             path = self._method_dir(method) / f"latency-{_hash(lat_cfg)}.json"
+            lat_items = items[: int(lat_cfg.get("items", 2))]
             if path.is_file():
                 cached = json.loads(path.read_text())
                 if cached.get("hardware") == hw:  # timings from other hardware are re-measured
                     out[r["name"]] = cached
+                    _tick(bar, len(lat_items))
                     continue
             per_item = []
-            for item in items[: int(lat_cfg.get("items", 2))]:
+            for item in lat_items:
+                _tick(bar, 1, f"latency: {r['name']}")
                 per_item.append(
                     measure_latency(
                         lambda m=method, it=item: m.stream(it, seed),
@@ -556,6 +595,12 @@ class EvalRunner:
                 res = setlevel.get(name, {}).get(seed, {}).get(k)
                 if res is not None:
                     per_seed[k].append(float(res["value"]))
+        min_cov = float(self.metrics.get("objmc_min_coverage") or 0.0)
+        for inst in ("lk", "flow"):
+            # ObjMC over the few points an instrument still tracks says little about the rest: NA below the
+            # stated coverage (the penalised column, which counts every point, is still reported)
+            if any(c is None or not c >= min_cov for c in per_seed[f"coverage_{inst}"]):
+                per_seed[f"objmc_{inst}"] = []
         cells = {k: tables.mean_ci95(v) for k, v in per_seed.items() if k != "latency_ttff"}
         if name in latency:
             # across timing runs (not seeds): the interval says how stable the timing is
@@ -603,7 +648,9 @@ class EvalRunner:
             f"ObjMC in pixels of {report[0]}x{report[1]} over target-visible points on frames 1..T-1; LK is the "
             "RL reward's own tracker (coupled), flow is an independent dense-flow instrument. Coverage = "
             "fraction of target points the instrument still tracks; penalised holds lost points at their "
-            "last position. Lower is better. This replaces the paper's reward-model 'motion consistency'.",
+            "last position. Lower is better. This replaces the paper's reward-model 'motion consistency'. "
+            f"ObjMC is NA when any seed's coverage is below {self.metrics.get('objmc_min_coverage') or 0:g} "
+            "(too few tracked points to stand for the rest); the penalised column is still given.",
             "Motion smoothness (flow-interp): VBench's formula with DIS optical-flow interpolation instead "
             "of AMT; not comparable to VBench numbers.",
             "Latency TTFF: time to the first decoded frame, warm-up excluded; interval over timing runs. "
@@ -632,8 +679,12 @@ class EvalRunner:
             if any(r.get("small_n_warning") for r in found):
                 line += "; small-N warning: fewer samples than feature dimensions, biased upward at this N"
             notes.append(line + ".")
-        tables.write_metric_table(str(out / "table1"), table_rows["table1"], "Table 1: methods", notes)
-        tables.write_metric_table(str(out / "table2"), table_rows["table2"], "Table 2: ablations", notes)
+        for key, title in (("table1", "Table 1: methods"), ("table2", "Table 2: ablations")):
+            if table_rows[key]:
+                tables.write_metric_table(str(out / key), table_rows[key], title, notes)
+            else:  # no row asks for this table: no file (an old one would describe another run)
+                for suffix in (".csv", ".md"):
+                    (out / f"{key}{suffix}").unlink(missing_ok=True)
 
         lat_rows = []
         for r in rows:
@@ -688,6 +739,7 @@ class EvalRunner:
             "hardware": hardware_string(),
             "versions": _versions(),
             "git_commit": _git_commit(),
+            "git_dirty": _git_dirty(),
             "missing_videos": {f"{k[0]} seed{k[1]}": v for k, v in self.missing.items()},
             "walltime_s_by_method": {
                 w["method"]: sum(v for k, v in w.items() if k not in ("method", "videos")) for w in walltime
@@ -700,6 +752,31 @@ class EvalRunner:
         }
         _write_json(out / "meta.json", meta)
         return {"out_dir": str(out), "n_items": len(items), "new_videos": self.n_new, "walltime": walltime}
+
+
+def _tick(bar: Any, n: int, label: str | None = None) -> None:
+    """Advance the run's one progress bar (None when there is none); ``label`` says what runs now."""
+    if bar is None:
+        return
+    if label:
+        bar.set_postfix_str(label)
+    bar.update(n)
+
+
+class _CollectSmallN(logging.Filter):
+    """Swallows the per-set small-N warnings of ``benchmark.metrics.frechet`` and counts them per metric."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "feature dims is biased upwards" in msg:
+            kind = msg.split(" ", 1)[0]
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            return False
+        return True
 
 
 def _versions() -> dict[str, str]:
@@ -727,25 +804,81 @@ def _git_commit() -> str | None:
         return None
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ardrag-eval",
+        description="Run every method of an eval config on its suite and write Table 1/2, latency and meta.json. "
+        "Tables go to <cache_dir>/results/ (untracked) unless --publish or --out-dir says otherwise.",
+    )
+    p.add_argument("--config", required=True, help="eval config, e.g. configs/eval/toy.yaml")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--publish",
+        action="store_true",
+        help="write the tables to the config's out_dir (the committed results/<suite>/): regenerates them",
+    )
+    where.add_argument(
+        "--out-dir", "--out_dir", dest="out_dir", help="write the tables here (default <cache_dir>/results/)"
+    )
+    p.add_argument(
+        "--cache-dir",
+        "--cache_dir",
+        dest="cache_dir",
+        help="videos and per-video metrics cache; re-running resumes from it (default: the config's cache_dir)",
+    )
+    p.add_argument("--methods", help="comma-separated method names to run (default: all rows)")
+    p.add_argument(
+        "--max-new",
+        "--max_new",
+        dest="max_new",
+        type=int,
+        help="stop after generating this many new videos (exit 3; re-running resumes)",
+    )
+    p.add_argument(
+        "--no-progress",
+        "--no_progress",
+        dest="no_progress",
+        action="store_true",
+        help="hide the progress bar",
+    )
+    return p
+
+
+def output_dir(cfg: dict[str, Any], publish: bool = False, out_dir: str | None = None) -> str:
+    """Where the tables go: ``out_dir`` if given, the config's ``out_dir`` (committed results) with
+    ``publish``, else ``<cache_dir>/results`` (git-ignored), so a trial run never rewrites tracked files."""
+    if out_dir:
+        return out_dir
+    return cfg["out_dir"] if publish else str(Path(cfg["cache_dir"]) / "results")
+
+
+def _git_dirty() -> list[str] | None:
+    """Tracked files that differ from the commit (outside results/): a table made from such a tree is not
+    reproducible from ``git_commit`` alone. None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    paths = [line[3:] for line in out.splitlines() if line[3:]]
+    return [p for p in paths if not p.startswith("results/")]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console script ``ardrag-eval``."""
-    parser = argparse.ArgumentParser(prog="ardrag-eval", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="configs/eval/SUITE.yaml")
-    parser.add_argument("--out_dir", help="override the config's out_dir (default results/<suite>)")
-    parser.add_argument("--cache_dir", help="override the config's cache_dir (default runs/eval/<suite>)")
-    parser.add_argument("--methods", help="comma-separated method names to run (default: all rows)")
-    parser.add_argument(
-        "--max_new", type=int, help="stop after generating this many new videos (resume later)"
-    )
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config)
-        if args.out_dir:
-            cfg["out_dir"] = args.out_dir
         if args.cache_dir:
             cfg["cache_dir"] = args.cache_dir
+        published = cfg["out_dir"]
+        cfg["out_dir"] = output_dir(cfg, args.publish, args.out_dir)
         runner = EvalRunner(
             cfg,
             max_new=args.max_new,
@@ -765,6 +898,8 @@ def main(argv: list[str] | None = None) -> int:
     for w in summary["walltime"]:
         secs = sum(v for k, v in w.items() if k not in ("method", "videos"))
         print(f"  {w['method']}: {w['videos']} videos, {secs:.1f} s generation + metrics (cached totals)")
+    if Path(summary["out_dir"]).resolve() != Path(published).resolve():
+        print(f"  (the committed tables in {published}/ are regenerated with --publish)")
     return 0
 
 

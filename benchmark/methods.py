@@ -182,13 +182,23 @@ class VideoFolderMethod(Method):
 
 
 def folder_fingerprint(folder: str | Path) -> str:
-    """Hash of (relative path, size, mtime) of every file under ``folder``: changes when any file changes."""
+    """Hash of the relative path and the bytes of every file under ``folder`` (or of one file).
+
+    Keyed by content, not file times: re-exporting the same weights or copying a folder keeps the cached
+    results; changing any byte invalidates them. Hidden files (``.name``: editor and temp files) are skipped.
+    """
     folder = Path(folder)
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
     h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for p in files:
+        rel = p.name if p == folder else p.relative_to(folder).as_posix()
+        if any(part.startswith(".") for part in Path(rel).parts):
+            continue
+        h.update(f"{rel}\0".encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\n")
     return h.hexdigest()[:16]
 
 

@@ -93,12 +93,12 @@ def write_metric_table(
 
     present = [c for c in columns if any(r["cells"].get(c[0], (None,))[0] is not None for r in rows)]
     absent = [c[1] for c in columns if c not in present]
-    md = [f"# {title}", "", "| Method | N | seeds | " + " | ".join(c[1] for c in present) + " |"]
-    md.append("|---|---|---|" + "---|" * len(present))
+    heads = ["Method", "N", "seeds", *(c[1] for c in present)]
+    md = [f"# {title}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in rows:
         cells = [_fmt(*r["cells"].get(k, (None, None, 0))[:2], d) for k, _, d in present]
         n_txt = f"{r['n_items']}" + (f" ({r['n_missing']} missing)" if r["n_missing"] else "")
-        md.append(f"| {r['method']} | {n_txt} | {r['n_seeds']} | " + " | ".join(cells) + " |")
+        md.append("| " + " | ".join([r["method"], n_txt, str(r["n_seeds"]), *cells]) + " |")
     md += ["", "Cells: mean ± half-width of the 95% t-interval over seeds."]
     md += [f"- {n}" for n in notes]
     if absent:

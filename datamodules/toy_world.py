@@ -391,17 +391,27 @@ def write_toy_world(
 
 def main(argv: list[str] | None = None) -> int:
     """``ardrag-toyworld OUT_DIR [--num-train N ...]``: write the toy-world shards."""
-    ap = argparse.ArgumentParser(prog="ardrag-toyworld", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="ardrag-toyworld",
+        description=" ".join(__doc__.split("\n\n")[0].split()),  # the first paragraph, not its first line
+    )
     ap.add_argument(
         "out_dir", nargs="?", default="data/toyworld", help="output folder (default data/toyworld)"
     )
-    ap.add_argument("--num-train", type=int, default=3000)
-    ap.add_argument("--num-val", type=int, default=128)
-    ap.add_argument("--num-test", type=int, default=128)
-    ap.add_argument("--size", type=int, default=64, help="clip height = width, pixels")
-    ap.add_argument("--frames", type=int, default=17)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--samples-per-shard", type=int, default=250)
+    for split, n in (("train", 3000), ("val", 128), ("test", 128)):
+        ap.add_argument(
+            f"--num-{split}", f"--num_{split}", type=int, default=n, help=f"clips in {split}/ (default {n})"
+        )
+    ap.add_argument("--size", type=int, default=64, help="clip height = width, pixels (default 64)")
+    ap.add_argument("--frames", type=int, default=17, help="frames per clip (default 17)")
+    ap.add_argument("--seed", type=int, default=0, help="every clip is a function of (seed, split, index)")
+    ap.add_argument(
+        "--samples-per-shard",
+        "--samples_per_shard",
+        type=int,
+        default=250,
+        help="clips per NAME-%%06d.tar shard (default 250)",
+    )
     ap.add_argument(
         "--overwrite", action="store_true", help="replace a toy world written with other settings"
     )

@@ -3,7 +3,8 @@
 #   1. data: the toy world (train/val/test shards with exact trajectories)
 #   2. model: the initial (untrained) toy pipeline, exported; training stages plug in here (see README "Status")
 #   3. a sample video from a real photo and a drag file
-#   4. the benchmark on the toy test split: tables in results/toy/
+#   4. the benchmark on the toy test split: tables in runs/eval/toy/results/ (git-ignored; the committed
+#      results/toy/ are regenerated only with `ardrag-eval --config configs/eval/toy.yaml --publish`)
 # Run from the repository root after `bash scripts/setup.sh`. Set RUNS=... to write elsewhere than runs/toy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,4 +28,4 @@ ardrag-generate --checkpoint "$RUNS/export/init" \
 
 echo "== 4/4 benchmark: ardrag-eval --config configs/eval/toy.yaml"
 ardrag-eval --config configs/eval/toy.yaml
-echo "done: tables in results/toy/, videos in $RUNS/samples/"
+echo "done: tables in runs/eval/toy/results/, videos in $RUNS/samples/"

@@ -4,6 +4,7 @@ videos counted, and an interrupted + resumed run giving the same tables as a sin
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -232,6 +233,7 @@ def test_set_level_feature_path_reuses_real_features(monkeypatch):
 def test_shipped_configs_parse(path):
     cfg = ev.load_config(path)
     assert len(cfg["seeds"]) >= 3 and cfg["out_dir"] == f"results/{cfg['suite']['name']}"
+    assert ev.output_dir(cfg) == f"runs/eval/{cfg['suite']['name']}/results"  # git-ignored by default
     assert all(set(m["tables"]) <= {"table1", "table2"} for m in cfg["methods"])
 
 
@@ -259,3 +261,159 @@ def test_benchmark_imports_no_training_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def _fake_frechet_metrics(monkeypatch) -> None:
+    """FID/FVD stand-ins that go through the real ``frechet_result`` (so its small-N warning is logged) on
+    4 cheap per-video features."""
+    from benchmark.metrics.frechet import frechet_result
+
+    def feats(x):
+        x = np.asarray(x, np.float64).reshape(len(x), -1)
+        return np.stack([x.mean(1), x.std(1), x[:, ::2].mean(1), x[:, 1::2].mean(1)], 1)
+
+    for name, fn, unit in (("fid", "compute_fid", "frames"), ("fvd", "compute_fvd", "clips")):
+        mod = types.ModuleType(f"benchmark.metrics.{name}")
+
+        def compute(real, fake_, _name=name, _unit=unit, **kw):
+            return frechet_result(_name, feats(real), feats(fake_), 400, [1], _unit)
+
+        setattr(mod, fn, compute)
+        monkeypatch.setitem(sys.modules, f"benchmark.metrics.{name}", mod)
+
+
+def _write_yaml(tmp: Path, shards: Path, tables: list[str]) -> Path:
+    import yaml
+
+    cfg = {
+        "suite": {"name": "tiny", "path": str(shards), "max_tracks": 4, "num_frames": FRAMES},
+        "methods": [{"name": "Static", "spec": "static", "tables": tables}, {"name": "Warp", "spec": "warp"}],
+        "metrics": {"latency": {"enabled": False}, "fvd": {"enabled": False}},
+        "out_dir": str(tmp / "published"),
+        "cache_dir": str(tmp / "cache"),
+    }
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_cli_writes_untracked_results_unless_published(tmp_path, shards, monkeypatch, capsys):
+    # a newcomer's run must not rewrite the committed results/<suite>/: those need --publish
+    _fake_set_metrics(monkeypatch)
+    cfg = _write_yaml(tmp_path, shards, ["table1"])
+    assert ev.main(["--config", str(cfg), "--no-progress"]) == 0
+    assert (tmp_path / "cache" / "results" / "table1.csv").is_file()
+    assert not (tmp_path / "published").exists()
+    assert "--publish" in capsys.readouterr().out
+    # no method row asks for table2: no table2 file (it used to be a malformed empty table)
+    assert not (tmp_path / "cache" / "results" / "table2.md").exists()
+    assert ev.main(["--config", str(cfg), "--no_progress", "--publish"]) == 0
+    published = (tmp_path / "published" / "table1.md").read_text()
+    assert published == (tmp_path / "cache" / "results" / "table1.md").read_text()
+    assert ev.main(["--config", str(cfg), "--no-progress", "--out-dir", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / "meta.json").is_file()
+    # result files are readable by others (atomic temp files are created 0600)
+    old = os.umask(0o022)
+    try:
+        assert ev.main(["--config", str(cfg), "--no-progress", "--out_dir", str(tmp_path / "y")]) == 0
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "y").iterdir()} == {
+        n: 0o644 for n in ("table1.csv", "table1.md", "walltime.csv", "meta.json")
+    }
+
+
+def test_markdown_table_is_well_formed_with_and_without_values(tmp_path):
+    from benchmark import tables
+
+    row = {"method": "A", "spec": "static", "n_items": 2, "n_missing": 0, "n_seeds": 1}
+    for cells in ({}, {"fid": (1.0, 0.0, 1)}):
+        tables.write_metric_table(str(tmp_path / "t"), [dict(row, cells=cells)], "T", [])
+        lines = [x for x in (tmp_path / "t.md").read_text().splitlines() if x.startswith("|")]
+        assert len(lines) == 3 and len({x.count("|") for x in lines}) == 1
+        assert "|  |" not in lines[0]
+
+
+def _sums(err: float, tracked: int, total: int) -> dict[str, float]:
+    """Pooled ObjMC sums of ``total`` target points of which ``tracked`` are tracked, each ``err`` px off
+    (lost points add 10 px to the penalised sum)."""
+    return {
+        "err_sum": err * tracked,
+        "err_count": tracked,
+        "pen_sum": err * tracked + 10.0 * (total - tracked),
+        "pen_count": total,
+    }
+
+
+def test_objmc_is_na_below_the_stated_coverage(tmp_path, shards):
+    runner = ev.EvalRunner(_config(tmp_path, shards, "res", "cache"), progress=False)
+    assert runner.metrics["objmc_min_coverage"] == 0.5
+
+    def cells(coverages):
+        per_seed = {
+            s: {"k": {"objmc_lk": _sums(2.0, round(c * 100), 100), "timing": {}}}
+            for s, c in enumerate(coverages)
+        }
+        return runner._cells("M", None, {"M": per_seed}, {}, {})
+
+    ok = cells([0.9, 0.6])
+    assert ok["objmc_lk"][0] == pytest.approx(2.0) and ok["coverage_lk"][0] == pytest.approx(0.75)
+    low = cells([0.9, 0.001])  # one seed tracks 0.1% of the points: its ObjMC stands for nothing
+    assert low["objmc_lk"] == (None, None, 0)
+    assert low["objmc_lk_penalised"][0] == pytest.approx(((2.0 * 90 + 10.0 * 10) / 100 + 10.0) / 2)
+    runner.metrics["objmc_min_coverage"] = 0.0
+    assert cells([0.9, 0.001])["objmc_lk"][0] == pytest.approx(2.0)
+
+
+def test_one_progress_bar_over_all_phases_and_one_small_n_warning_per_metric(
+    tmp_path, shards, monkeypatch, caplog
+):
+    _fake_frechet_metrics(monkeypatch)
+    import tqdm
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total=None, **kw):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def set_postfix_str(self, s):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    cfg = _config(tmp_path, shards, "res", "cache")
+    cfg["metrics"]["latency"] = {"enabled": True, "items": 2, "warmup": 0, "repeats": 1, "device": "cpu"}
+    with caplog.at_level("WARNING"):
+        ev.EvalRunner(cfg, progress=True).run()
+    # 3 deterministic methods x 3 items, FID + FVD per method (one seed each), latency of static and warp
+    # (the generating methods) on 2 items each
+    assert len(bars) == 1 and bars[0].total == 9 + 6 + 4 and bars[0].n == bars[0].total
+    small = [r.getMessage() for r in caplog.records if "fewer samples than feature" in r.getMessage()]
+    assert len(small) == 2 and {m.split(":")[0] for m in small} == {"FID", "FVD"}
+    assert "3 of the sets" in small[0]
+    assert not [r for r in caplog.records if "biased upwards; compare only" in r.getMessage()]
+
+
+def test_cache_survives_new_file_times_but_not_new_bytes(tmp_path, shards, monkeypatch):
+    _fake_set_metrics(monkeypatch)
+    videos = _noisy_videos(shards, tmp_path / "noisy")
+    cfg = _config(tmp_path, shards, "res", "cache", videos)
+    cfg["methods"] = [m for m in cfg["methods"] if m["name"] == "Noisy"]
+    ev.EvalRunner(cfg, progress=False).run()
+    for p in videos.rglob("*.npy"):  # e.g. the same outputs written again: new times, same bytes
+        os.utime(p, (1, 1))
+    runner = ev.EvalRunner(cfg, progress=False)
+    runner.run()
+    assert runner.n_new == 0
+    v = np.load(videos / "item000" / "seed0.npy")
+    np.save(videos / "item000" / "seed0.npy", 255 - v)  # new bytes: every video of the method is redone
+    runner = ev.EvalRunner(cfg, progress=False)
+    runner.run()
+    assert runner.n_new == 8

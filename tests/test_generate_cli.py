@@ -202,3 +202,59 @@ def test_export_cli_preset_and_base(tmp_path):
         )
         == 2
     )
+
+
+def _good_traj(tmp_path):
+    traj = tmp_path / "t.json"
+    traj.write_text(json.dumps(GOOD))
+    return traj
+
+
+def test_missing_image_is_one_line_without_opencv_warning_or_torch(tmp_path, export_dir):
+    # a fresh interpreter: the missing image must be refused before torch (seconds to import) is loaded
+    code = (
+        "import sys\nfrom ardrag.cli.generate import main\n"
+        f"rc = main({_args(export_dir, tmp_path / 'photo.png', _good_traj(tmp_path), tmp_path / 'o.mp4')!r})\n"
+        "print(rc, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False"]
+    assert proc.stderr.count("\n") == 1 and "photo.png does not exist" in proc.stderr
+    assert "WARN" not in proc.stderr
+
+
+def test_unreadable_image_is_one_line(tmp_path, export_dir, capfd):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    rc = main(_args(export_dir, bad, _good_traj(tmp_path), tmp_path / "o.mp4"))
+    err = capfd.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "cannot read image" in err and "WARN" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a torch without CUDA")
+def test_cuda_device_without_cuda_is_one_line(tmp_path, image_path, export_dir, capsys):
+    rc = main(_args(export_dir, image_path, _good_traj(tmp_path), tmp_path / "o.mp4", "--device", "cuda"))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "no usable CUDA" in err and "--device cpu" in err
+    rc = main(_args(export_dir, image_path, _good_traj(tmp_path), tmp_path / "o.mp4", "--device", "gpu0"))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "not a torch device" in err
+
+
+def test_uncreatable_output_folder_fails_before_any_model_loads(
+    tmp_path, image_path, export_dir, capsys, monkeypatch
+):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(ARDragPipeline, "from_pretrained", no_load)
+    rc = main(_args(export_dir, image_path, _good_traj(tmp_path), blocker / "sub" / "o.mp4"))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "a_file is a file" in err
+    (tmp_path / "out.mp4").mkdir()
+    rc = main(_args(export_dir, image_path, _good_traj(tmp_path), tmp_path / "out.mp4"))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "is a folder" in err

@@ -122,3 +122,25 @@ def test_pipeline_adapter_on_an_exported_untrained_model(tmp_path):
     # config options override the exported config (e.g. the teacher's number of steps)
     m2 = build_method(f"pipeline:{tmp_path / 'init'}", {"timesteps": None, "num_steps": 2})
     assert m2.pipe.config.num_steps == 2 and method_key(m2) != method_key(m)
+
+
+def test_folder_fingerprint_is_keyed_by_content_not_file_times(tmp_path):
+    import os
+    import shutil
+
+    from benchmark.methods import folder_fingerprint
+
+    a = tmp_path / "a"
+    (a / "transformer").mkdir(parents=True)
+    (a / "transformer" / "w.bin").write_bytes(b"\x00\x01" * 1000)
+    (a / "cfg.json").write_text('{"x": 1}')
+    before = folder_fingerprint(a)
+    os.utime(a / "cfg.json", (1, 1))  # re-exporting the same bytes: new file times, same key
+    b = tmp_path / "b"
+    shutil.copytree(a, b)  # a copy elsewhere: same key
+    (a / ".cfg.json.tmp").write_text("editor/atomic temp files are ignored")
+    assert folder_fingerprint(a) == before == folder_fingerprint(b)
+    (b / "transformer" / "w.bin").write_bytes(b"\x00\x02" + b"\x00\x01" * 999)  # one byte differs
+    assert folder_fingerprint(b) != before
+    (b / "transformer" / "w.bin").rename(b / "transformer" / "v.bin")  # same bytes, other name
+    assert folder_fingerprint(b) != before

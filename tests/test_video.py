@@ -30,3 +30,21 @@ def test_draw_tracks_marks_the_targets_and_leaves_the_input_alone():
 def test_draw_tracks_rejects_mismatched_tracks():
     with pytest.raises(ValueError, match="tracks must be"):
         draw_tracks(np.zeros((3, 8, 8, 3), np.uint8), np.zeros((4, 1, 2)))
+
+
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
+    import os
+
+    from ardrag.video import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "b.json", b"{}")
+    finally:
+        os.umask(old)
+    # the temp file behind the atomic rename is created 0600; results must be readable by other users
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600  # a private umask is respected
+    assert (tmp_path / "a.json").read_bytes() == b"{}"

@@ -47,9 +47,11 @@ def decode_video_bytes(data: bytes, suffix: str = ".mp4") -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file to uint8 (H, W, 3) RGB; a clear error when it is not an image."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if not Path(path).is_file():  # checked here: cv2.imread would print its own WARN line first
+        raise VideoReadError(f"image {path} does not exist")
+    img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise VideoReadError(f"cannot read image {path}")
+        raise VideoReadError(f"cannot read image {path}: not an image format OpenCV decodes")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -93,12 +95,20 @@ def encode_gif(frames: np.ndarray, fps: float = 8.0) -> bytes:
     return buf.getvalue()
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; restored at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file atomically (temp file in the same folder, then rename): readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the umask)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -18,7 +18,12 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ardrag-export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--pipeline-config", help="JSON with PipelineConfig fields (configs/pipeline/)")
+    p.add_argument(
+        "--pipeline-config",
+        "--pipeline_config",
+        dest="pipeline_config",
+        help="JSON with PipelineConfig fields (configs/pipeline/)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--preset", help="freshly initialised backbone of this size preset (toy, tiny, wan2.1-1.3b)"
@@ -38,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         "--mode", choices=["autoregressive", "bidirectional"], default=None, help="override the mode"
     )
     p.add_argument("--seed", type=int, default=0, help="initialisation seed for --preset")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder to write (transformer/ + ardrag_pipeline.json)")
     args = p.parse_args(argv)
 
     if args.ckpt:

@@ -1,0 +1,138 @@
+"""Does every committed benchmark result still match the tree? ``python scripts/check_results.py [FOLDER ...]``
+
+For each ``results/**/meta.json`` written by ``ardrag-eval`` it checks that
+1. the recorded ``git_commit`` exists and is an ancestor of HEAD, and the tree was clean when it ran
+   (``git_dirty`` empty, for results written since that field exists);
+2. the recorded config equals the config file named in the recorded command, read with today's defaults
+   (``out_dir``/``cache_dir`` aside: they say where files went, not what they contain);
+3. no file that defines the numbers (metric, tracker, pipeline and data code, the eval and pipeline configs,
+   checkpoint folders inside the repo) changed between the recorded commit and HEAD.
+Results that record no commit are listed as unchecked. Exit code 1 when any result is stale, else 0.
+A stale result is regenerated with its committed command (see its folder's RUN.md), e.g.
+``ardrag-eval --config configs/eval/skvideo.yaml --publish``, at a clean commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+# Paths whose content decides an eval table's numbers (git pathspecs, relative to the repo root).
+NUMBER_DEFINING = [
+    "benchmark",
+    "src/ardrag/tracking.py",
+    "src/ardrag/video.py",
+    "src/ardrag/pipeline.py",
+    "src/ardrag/sampling.py",
+    "src/ardrag/codecs.py",
+    "src/ardrag/conditioning.py",
+    "src/ardrag/text.py",
+    "src/ardrag/trajectory.py",
+    "src/ardrag/models",
+    "datamodules/shards.py",
+    "datamodules/prepare.py",
+    "datamodules/toy_world.py",
+    "configs/pipeline",
+]
+PLACE_KEYS = ("out_dir", "cache_dir")
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+def _config_path(command: str) -> str | None:
+    words = shlex.split(command or "")
+    for i, w in enumerate(words):
+        if w == "--config" and i + 1 < len(words):
+            return words[i + 1]
+        if w.startswith("--config="):
+            return w.split("=", 1)[1]
+    return None
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two JSON-like values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def check_meta(root: Path, meta_path: Path) -> tuple[str, list[str]]:
+    """("ok" | "stale" | "unchecked", reasons) for one eval ``meta.json``."""
+    from benchmark.eval import ConfigError, load_config
+
+    meta = json.loads(meta_path.read_text())
+    commit = meta.get("git_commit")
+    if not commit:
+        return "unchecked", ["records no git_commit"]
+    reasons = []
+    if _git(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        return "stale", [f"recorded commit {commit[:7]} is not in this repository"]
+    if _git(root, "merge-base", "--is-ancestor", commit, "HEAD").returncode != 0:
+        reasons.append(f"recorded commit {commit[:7]} is not an ancestor of HEAD")
+    if meta.get("git_dirty"):
+        reasons.append(f"made from a dirty tree ({', '.join(meta['git_dirty'][:5])})")
+    cfg_file = _config_path(meta.get("command", ""))
+    paths = list(NUMBER_DEFINING)
+    if cfg_file and "config" in meta:
+        paths.append(cfg_file)
+        try:
+            current = load_config(root / cfg_file)
+        except ConfigError as e:
+            reasons.append(f"config {cfg_file}: {e}")
+        else:
+            recorded = {k: v for k, v in meta["config"].items() if k not in PLACE_KEYS}
+            current = {k: v for k, v in current.items() if k not in PLACE_KEYS}
+            # a method's checkpoint folder inside the repo is an input too
+            for m in current.get("methods", []):
+                spec = m.get("spec", "")
+                if ":" in spec and (root / spec.split(":", 1)[1]).exists():
+                    paths.append(spec.split(":", 1)[1])
+            keys = _diff_keys(recorded, json.loads(json.dumps(current, default=str)))
+            if keys:
+                reasons.append(f"config {cfg_file} differs in {', '.join(keys[:6])}")
+    changed = _git(root, "diff", "--name-only", commit, "HEAD", "--", *paths).stdout.split()
+    if changed:
+        more = f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""
+        reasons.append(f"changed since {commit[:7]}: {', '.join(changed[:6])}{more}")
+    return ("stale" if reasons else "ok"), reasons
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "folders", nargs="*", help="results folders to check (default: every results/**/meta.json)"
+    )
+    p.add_argument("--root", default=str(Path(__file__).resolve().parents[1]), help="repository root")
+    args = p.parse_args(argv)
+    root = Path(args.root)
+    metas = (
+        [Path(f) / "meta.json" for f in args.folders]
+        if args.folders
+        else sorted(p for p in (root / "results").rglob("meta.json") if "checkpoints" not in p.parts)
+    )
+    n_stale = 0
+    for meta in metas:
+        meta = meta if meta.is_absolute() else root / meta
+        if not meta.is_file():
+            print(f"{meta}: missing", file=sys.stderr)
+            n_stale += 1
+            continue
+        status, reasons = check_meta(root, meta)
+        n_stale += status == "stale"
+        rel = meta.parent.relative_to(root) if meta.is_relative_to(root) else meta.parent
+        print(f"{status.upper():9} {rel}" + "".join(f"\n          - {r}" for r in reasons))
+    return 1 if n_stale else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

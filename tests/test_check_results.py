@@ -1,0 +1,97 @@
+"""scripts/check_results.py: a committed result is 'ok' only while its recorded commit, config and the code
+that defines its numbers still match the tree (checked on a throwaway git repository)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("check_results", ROOT / "scripts" / "check_results.py")
+check_results = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(check_results)
+
+CONFIG = """suite: {name: s, path: data/s}
+seeds: [0, 1, 2]
+methods: [{name: Static, spec: static}]
+out_dir: results/s
+"""
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    from benchmark.eval import load_config
+
+    (tmp_path / "configs/eval").mkdir(parents=True)
+    (tmp_path / "configs/eval/s.yaml").write_text(CONFIG)
+    (tmp_path / "benchmark").mkdir()
+    (tmp_path / "benchmark/metric.py").write_text("SCALE = 1\n")
+    (tmp_path / "notes.txt").write_text("not a number-defining file\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "code")
+    meta = {
+        "command": "/venv/bin/ardrag-eval --config configs/eval/s.yaml --publish",
+        "config": json.loads(json.dumps(load_config(tmp_path / "configs/eval/s.yaml"))),
+        "git_commit": _git(tmp_path, "rev-parse", "HEAD"),
+        "git_dirty": [],
+    }
+    (tmp_path / "results/s").mkdir(parents=True)
+    (tmp_path / "results/s/meta.json").write_text(json.dumps(meta))
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "results")
+    return tmp_path
+
+
+def _check(repo: Path) -> tuple[str, list[str]]:
+    return check_results.check_meta(repo, repo / "results/s/meta.json")
+
+
+def _edit_meta(repo: Path, **changes) -> None:
+    path = repo / "results/s/meta.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_fresh_result_is_ok_and_unrelated_changes_keep_it_ok(repo):
+    assert _check(repo) == ("ok", [])
+    (repo / "notes.txt").write_text("edited\n")
+    _git(repo, "commit", "-qam", "docs")
+    assert _check(repo) == ("ok", [])
+    assert check_results.main(["--root", str(repo)]) == 0
+
+
+def test_code_change_after_the_recorded_commit_makes_it_stale(repo, capsys):
+    (repo / "benchmark/metric.py").write_text("SCALE = 2\n")
+    _git(repo, "commit", "-qam", "metric fix")
+    status, reasons = _check(repo)
+    assert status == "stale" and any("benchmark/metric.py" in r for r in reasons)
+    assert check_results.main(["--root", str(repo)]) == 1
+    assert "STALE" in capsys.readouterr().out
+
+
+def test_config_change_unknown_commit_and_dirty_tree_are_stale(repo):
+    (repo / "configs/eval/s.yaml").write_text(CONFIG.replace("[0, 1, 2]", "[0, 1, 2, 3]"))
+    _git(repo, "commit", "-qam", "more seeds")
+    status, reasons = _check(repo)
+    assert status == "stale" and any("differs in seeds" in r for r in reasons)
+    _git(repo, "reset", "-q", "--hard", "HEAD~1")
+    _edit_meta(repo, git_dirty=["benchmark/metric.py"])
+    assert _check(repo)[0] == "stale" and "dirty tree" in _check(repo)[1][0]
+    _edit_meta(repo, git_dirty=[], git_commit="0" * 40)
+    assert _check(repo) == ("stale", ["recorded commit 0000000 is not in this repository"])
+    _edit_meta(repo, git_commit=None)
+    assert _check(repo)[0] == "unchecked"
