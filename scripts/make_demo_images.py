@@ -27,7 +27,9 @@ def main() -> None:
     args = p.parse_args()
     for i in args.clips:
         frame = render_clip(clip_seed(args.seed, "test", i), ToyWorldConfig()).video[0]
-        ok, buf = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        ok, buf = cv2.imencode(
+            ".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]
+        )
         assert ok
         path = args.out / f"toy-{i}.png"
         atomic_write_bytes(path, buf.tobytes())

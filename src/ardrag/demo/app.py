@@ -118,14 +118,16 @@ def bundled_images() -> dict[str, np.ndarray]:
     return images
 
 
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.3g} MB"
+
+
 def decode_upload(data: bytes, settings: DemoSettings) -> np.ndarray:
     """Uploaded file bytes -> uint8 (H, W, 3) RGB; ValueError with one line when it is not a usable image."""
     if not data:
         raise ValueError("the uploaded file is empty")
     if len(data) > settings.max_upload_bytes:
-        raise ValueError(
-            f"the upload is {len(data) / 2**20:.1f} MB; the limit is {settings.max_upload_bytes / 2**20:.0f} MB"
-        )
+        raise ValueError(f"the upload is {_mb(len(data))}; the limit is {_mb(settings.max_upload_bytes)}")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError("the uploaded file is not an image OpenCV can read (use PNG, JPEG, BMP, WebP ...)")
@@ -187,16 +189,14 @@ def create_app(pipe: Any, images: dict[str, np.ndarray] | None = None, settings:
     async def upload(request: Request) -> JSONResponse:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-            mb = settings.max_upload_bytes / 2**20
-            return JSONResponse({"error": f"the upload is too large; the limit is {mb:.0f} MB"}, status_code=413)
+            too_large = f"the upload is too large; the limit is {_mb(settings.max_upload_bytes)}"
+            return JSONResponse({"error": too_large}, status_code=413)
         data = bytearray()
         async for chunk in request.stream():
             data += chunk
             if len(data) > settings.max_upload_bytes:
-                mb = settings.max_upload_bytes / 2**20
-                return JSONResponse(
-                    {"error": f"the upload is too large; the limit is {mb:.0f} MB"}, status_code=413
-                )
+                too_large = f"the upload is too large; the limit is {_mb(settings.max_upload_bytes)}"
+                return JSONResponse({"error": too_large}, status_code=413)
         try:
             img = await asyncio.to_thread(decode_upload, bytes(data), settings)
         except ValueError as e:
@@ -281,7 +281,9 @@ def _parse_generate(msg: dict, state: DemoState, limits) -> tuple[_Generation, d
     tracks = paths_to_tracks(msg.get("paths"), frames, image.shape[1], image.shape[0], limits)
     prompt = msg.get("prompt", "")
     if not isinstance(prompt, str) or len(prompt) > state.settings.max_prompt_chars:
-        raise TrajectoryError(f"the prompt must be text of at most {state.settings.max_prompt_chars} characters")
+        raise TrajectoryError(
+            f"the prompt must be text of at most {state.settings.max_prompt_chars} characters"
+        )
     seed = msg.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise TrajectoryError(f"the seed must be a non-negative integer, got {seed!r}")
@@ -315,7 +317,9 @@ async def _run(state: DemoState, gen: _Generation, request: dict, send, error) -
         clip = f"/api/clip/{state.add_clip(data)}.mp4"
     stopped = gen.stop.is_set()
     try:
-        await send({"type": "done", "frames": len(frames), "stopped": stopped, "failed": failed, "clip": clip})
+        await send(
+            {"type": "done", "frames": len(frames), "stopped": stopped, "failed": failed, "clip": clip}
+        )
     except Exception:  # the socket closed meanwhile
         pass
 
@@ -335,7 +339,9 @@ async def _generate(pipe, gen: _Generation, request: dict, frames: list, send, l
             frames.append(frame)
             index = len(frames) - 1
             png = png_base64(frame)
-            await send({"type": "frame", "index": index, "total": gen.frames, "gen_ms": round(gen_ms, 2), "png": png})
+            await send(
+                {"type": "frame", "index": index, "total": gen.frames, "gen_ms": round(gen_ms, 2), "png": png}
+            )
             update = None
             if gen.update is not None:  # resampled over the frames still to come
                 paths, gen.update = gen.update, None

@@ -3,7 +3,7 @@
 "use strict";
 
 const COLORS = ["#ff4040", "#40a0ff", "#ffdc00", "#00e678", "#ff6ee6", "#00e6e6"]; // ardrag.video.TRACK_COLORS
-const DISPLAY = 384; // longest canvas side, CSS pixels
+const DISPLAY = 320; // longest canvas side, CSS pixels
 const MIN_STEP = 1.5; // canvas pixels between two recorded points of a drag
 
 const $ = (id) => document.getElementById(id);
