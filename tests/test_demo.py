@@ -7,7 +7,6 @@ reason when it is missing. A tiny random-weight pipeline, exported and loaded ba
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import time
 
@@ -22,7 +21,15 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from ardrag import ARDragPipeline  # noqa: E402
 from ardrag.demo.app import bundled_images, create_app  # noqa: E402
-from ardrag.demo.browser import chromium_missing, launch_chromium, quit_chromium  # noqa: E402
+from ardrag.demo.browser import (  # noqa: E402
+    chromium_missing,
+    drag,
+    launch_chromium,
+    open_page,
+    page_state,
+    quit_chromium,
+    wait_for,
+)
 from ardrag.demo.cli import main as demo_main  # noqa: E402
 from ardrag.demo.cli import start_server  # noqa: E402
 from ardrag.demo.paths import paths_to_tracks, resample_path  # noqa: E402
@@ -239,46 +246,6 @@ def browser():
     driver = launch_chromium()
     yield driver
     quit_chromium(driver)
-
-
-def wait_for(driver, script: str, timeout: float = 30.0):
-    """Poll a JS expression until it is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = driver.execute_script(f"return ({script});")
-        if value:
-            return value
-        time.sleep(0.02)
-    log = driver.execute_script("return JSON.stringify([window.ardragDemo.log, window.ardragDemo.errors])")
-    raise AssertionError(f"timed out waiting for {script}; page log: {log}")
-
-
-def page_state(driver) -> dict:
-    """What the page recorded: received frames, messages sent and logged, errors, stats (plain JSON)."""
-    keys = ["received", "sent", "log", "errors", "stats"]
-    js = f"return JSON.stringify(Object.fromEntries({keys}.map(k => [k, window.ardragDemo[k]])))"
-    return json.loads(driver.execute_script(js))
-
-
-def drag(driver, points: list[tuple[int, int]]) -> None:
-    """Press, move through `points` (CSS pixels from the canvas' top-left), release: real pointer events."""
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-
-    canvas = driver.find_element(By.ID, "draw")
-    w, h = canvas.size["width"], canvas.size["height"]
-    to_center = [(x - w // 2, y - h // 2) for x, y in points]
-    chain = (
-        ActionChains(driver, duration=10).move_to_element_with_offset(canvas, *to_center[0]).click_and_hold()
-    )
-    for (x0, y0), (x1, y1) in zip(to_center, to_center[1:]):
-        chain = chain.move_by_offset(x1 - x0, y1 - y0)
-    chain.release().perform()
-
-
-def open_page(driver, url: str) -> None:
-    driver.get(url)
-    wait_for(driver, "window.ardragDemo && window.ardragDemo.image !== null")
 
 
 @needs_chromium

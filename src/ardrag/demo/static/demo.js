@@ -14,7 +14,7 @@ const demo = {
   oldPaths: [], // drags the running video started with, shown faded once new ones are drawn
   drawing: null, playing: false, started: false, steered: false,
   ws: null, t0: 0, paint: Promise.resolve(),
-  received: [], // {index, png, painted_ms} per painted frame
+  received: [], // {index, png, painted_ms (since Generate), gen_ms (model time)} per painted frame
   sent: [], log: [], errors: [], stats: {}, clip: null,
 };
 window.ardragDemo = demo;
@@ -204,7 +204,7 @@ async function paintFrame(msg) {
   ctx.drawImage(img, 0, 0, videoCanvas.width, videoCanvas.height);
   await new Promise((r) => requestAnimationFrame(r)); // on screen at the next paint
   const t = performance.now() - demo.t0;
-  demo.received.push({ index: msg.index, png: msg.png, painted_ms: t });
+  demo.received.push({ index: msg.index, png: msg.png, painted_ms: t, gen_ms: msg.gen_ms });
   const n = demo.received.length, first = demo.received[0].painted_ms;
   const s = demo.stats;
   s.frames = n;
