@@ -39,9 +39,10 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from ardrag.assets import AssetNotFoundError, skimage_photo
 from ardrag.demo.paths import paths_to_tracks
 from ardrag.trajectory import TrajectoryError
-from ardrag.video import encode_mp4
+from ardrag.video import encode_mp4, read_image
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -102,19 +103,12 @@ class DemoState:
 
 def bundled_images() -> dict[str, np.ndarray]:
     """Toy-world first frames shipped with the package, then scikit-image photos when installed."""
-    from ardrag.video import read_image
-
     images = {p.stem: read_image(p) for p in sorted((STATIC / "images").glob("*.png"))}
-    try:
-        from ardrag.assets import AssetNotFoundError, skimage_photo
-
-        for name in BUNDLED_PHOTOS:
-            try:
-                images[Path(name).stem] = read_image(skimage_photo(name))
-            except AssetNotFoundError:
-                pass
-    except ImportError:  # pragma: no cover - assets is part of ardrag
-        pass
+    for name in BUNDLED_PHOTOS:
+        try:
+            images[Path(name).stem] = read_image(skimage_photo(name))
+        except AssetNotFoundError:  # scikit-image's data files are optional for the demo
+            pass
     return images
 
 

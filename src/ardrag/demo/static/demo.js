@@ -5,6 +5,7 @@
 const COLORS = ["#ff4040", "#40a0ff", "#ffdc00", "#00e678", "#ff6ee6", "#00e6e6"]; // ardrag.video.TRACK_COLORS
 const DISPLAY = 320; // longest canvas side, CSS pixels
 const MIN_STEP = 1.5; // canvas pixels between two recorded points of a drag
+const MAX_POINTS = 2000; // points kept per drag (the server takes up to ardrag.demo.paths.MAX_PATH_POINTS)
 
 const $ = (id) => document.getElementById(id);
 const drawCanvas = $("draw"), videoCanvas = $("video");
@@ -131,6 +132,9 @@ drawCanvas.addEventListener("pointermove", (ev) => {
   const k = drawCanvas.width / demo.image.naturalWidth;
   if (Math.hypot(p[0] - q[0], p[1] - q[1]) * k < MIN_STEP) return;
   demo.drawing.push(p);
+  if (demo.drawing.length > MAX_POINTS) { // keep long scribbles under the server's per-path limit
+    demo.drawing = demo.drawing.filter((_, i, a) => i % 2 === 0 || i === a.length - 1);
+  }
   redraw();
 });
 function endDrag(ev) {
