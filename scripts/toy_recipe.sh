@@ -43,7 +43,7 @@ stage sft_chunk3 2 --config configs/toy/sft.yaml --config configs/toy/sft_chunk3
 stage rl 2 --config configs/toy/rl.yaml --model.init_args.init="$RUNS/sft/export"
 
 echo "== benchmark: ardrag-eval --config configs/eval/toy.yaml (results/toy/)"
-ardrag-eval --config configs/eval/toy.yaml
+ardrag-eval --config configs/eval/toy.yaml --publish
 python scripts/plot_reward_curve.py "$RUNS/rl" --out results/toy/reward_curve
 python scripts/sample_strip.py --suite "$DATA/test" --items 4 --seed 0 \
   --method "Ground truth=groundtruth" --method "Teacher=pipeline:$CKPTS/teacher" \

@@ -92,6 +92,26 @@ def _losses(run: Path) -> dict[int, float]:
     return scalars(run).get("train/loss", {})
 
 
+def test_training_conditions_are_built_by_the_pipelines_own_conditioner(toy):
+    """Training must condition exactly as inference does: a pipeline setting such as reference_frames reaches the
+    training batch (a second Conditioner built from part of the config once silently dropped it)."""
+    import dataclasses
+
+    from ardrag.pipeline import PipelineConfig
+
+    cfg = PipelineConfig.from_dict(json.loads((toy / "pipeline.json").read_text()))
+    path = toy / "pipeline_all.json"
+    path.write_text(json.dumps({**dataclasses.asdict(cfg), "reference_frames": "all"}))
+    m = TeacherModule(model=ModelInit(pipeline_config=str(path), preset="tiny"))
+    dm = ARDragDataModule(train_shards=str(toy / "train"), val_shards=None, batch_size=2, num_workers=0)
+    batch = next(iter(dm.train_dataloader()))
+    x0, conds = m.conditions(batch)
+    c = m.codec.latent_channels
+    ref = m.codec.encode(batch["video"][:, :, :1])
+    for f in range(x0.shape[2]):  # the reference latent sits in every latent frame, as the pipeline builds it
+        torch.testing.assert_close(conds.cond[:, c : 2 * c, f : f + 1], ref, rtol=0, atol=1e-6)
+
+
 def test_teacher_loss_falls_on_a_fixed_batch(toy):
     torch.manual_seed(0)
     m = TeacherModule(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ardrag.conditioning import Conditioner, video_to_uint8
+from ardrag.conditioning import video_to_uint8
 from ardrag.pipeline import ARDragPipeline, PipelineConfig
 from ardrag.sampling import Conditions
 
@@ -55,7 +55,7 @@ class StageModule(pl.LightningModule):
             "codec": pipe.codec.requires_grad_(False),
             "text": pipe.text_encoder.requires_grad_(False),
         }
-        self.conditioner = Conditioner(pipe.codec, pipe.config.heatmap_sigma)
+        self.conditioner = pipe.conditioner  # the pipeline's own: training conditions are what inference builds
         self.pipeline_config = pipe.config
 
     @property
