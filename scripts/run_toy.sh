@@ -1,31 +1,26 @@
 #!/usr/bin/env bash
-# The whole toy pipeline on a CPU, each stage resumable (a finished stage is skipped on re-run):
-#   1. data: the toy world (train/val/test shards with exact trajectories)
-#   2. model: the initial (untrained) toy pipeline, exported; training stages plug in here (see README "Status")
-#   3. a sample video from a real photo and a drag file
-#   4. the benchmark on the toy test split: tables in runs/eval/toy/results/ (git-ignored; the committed
-#      results/toy/ are regenerated only with `ardrag-eval --config configs/eval/toy.yaml --publish`)
-# Run from the repository root after `bash scripts/setup.sh`. Set RUNS=... to write elsewhere than runs/toy.
+# The README's main job on a CPU: RL (GRPO) of the committed toy SFT student, then a sample GIF.
+#   1. data: the toy world (train/val/test shards with exact trajectories; skipped when present)
+#   2. RL: ardrag-fit --config configs/toy/rl.yaml from results/toy/checkpoints/sft (resumes with --ckpt_path last;
+#      TensorBoard logs in $RUNS/rl/tb, checkpoints in $RUNS/rl/checkpoints, the exported pipeline in $RUNS/rl/export)
+#   3. samples: a GIF of toy test clips, ground truth / the SFT student / this run's RL export, drags drawn
+# Run from the repository root after `bash scripts/setup.sh`. Writes only to $RUNS (default runs/toy, git-ignored).
+# The whole recipe from scratch (teacher, SFT students, RL, tables): scripts/toy_recipe.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
 RUNS=${RUNS:-runs/toy}
 DATA=${DATA:-data/toyworld}
 
-echo "== 1/4 data: toy world in $DATA"
+echo "== 1/3 data: toy world in $DATA"
 ardrag-toyworld "$DATA"
 
-echo "== 2/4 model: initial toy pipeline in $RUNS/export/init"
-if [ ! -f "$RUNS/export/init/ardrag_pipeline.json" ]; then
-  ardrag-export --pipeline-config configs/pipeline/toy.json --preset toy --seed 0 --out "$RUNS/export/init"
-fi
-echo "   (teacher / SFT with Self-Rollout / GRPO stages are not implemented yet: see README 'Status')"
+echo "== 2/3 RL: ardrag-fit --config configs/toy/rl.yaml (from results/toy/checkpoints/sft) -> $RUNS/rl"
+ardrag-fit --config configs/toy/rl.yaml --trainer.default_root_dir="$RUNS/rl" --ckpt_path last \
+  --data.init_args.train_shards="$DATA/train" --data.init_args.val_shards="$DATA/val"
 
-echo "== 3/4 sample: $RUNS/samples/astronaut.mp4"
-ardrag-generate --checkpoint "$RUNS/export/init" \
-  --image "$(python -c 'from ardrag.assets import skimage_photo; print(skimage_photo("astronaut.png"))')" \
-  --trajectory configs/examples/astronaut_drag.json --out "$RUNS/samples/astronaut.mp4" --gif --seed 0
-
-echo "== 4/4 benchmark: ardrag-eval --config configs/eval/toy.yaml"
-ardrag-eval --config configs/eval/toy.yaml
-echo "done: tables in runs/eval/toy/results/, videos in $RUNS/samples/"
+echo "== 3/3 samples: $RUNS/samples/rl.gif"
+python scripts/sample_strip.py --suite "$DATA/test" --items 4 --seed 0 \
+  --method "Ground truth=groundtruth" --method "SFT student=pipeline:results/toy/checkpoints/sft" \
+  --method "after RL (this run)=pipeline:$RUNS/rl/export" --out "$RUNS/samples/rl.gif"
+echo "done: TensorBoard logs: tensorboard --logdir $RUNS/rl; pipeline: $RUNS/rl/export; GIF: $RUNS/samples/rl.gif"

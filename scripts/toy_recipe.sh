@@ -15,9 +15,9 @@ DATA=${DATA:-data/toyworld}
 CKPTS=results/toy/checkpoints
 mkdir -p "$RUNS"
 
-stage() {  # stage NAME THREADS ardrag-fit ARGS...: train into $RUNS/NAME (resumable), export bf16 into $CKPTS/NAME
-  local name=$1 threads=$2
-  shift 2
+stage() {  # stage NAME THREADS TITLE ardrag-fit-ARGS...: train into $RUNS/NAME (resumable), export bf16 to $CKPTS/NAME
+  local name=$1 threads=$2 title=$3
+  shift 3
   local t0=$SECONDS
   if [ ! -f "$RUNS/$name/export/ardrag_pipeline.json" ]; then
     echo "== $name: ardrag-fit $* (OMP_NUM_THREADS=$threads)"
@@ -28,19 +28,23 @@ stage() {  # stage NAME THREADS ardrag-fit ARGS...: train into $RUNS/NAME (resum
   local last
   last=$(ls "$RUNS/$name"/checkpoints/step*.ckpt | sort | tail -1)
   ardrag-export --ckpt "$last" --dtype bfloat16 --out "$CKPTS/$name"
+  python scripts/write_recipe.py --run "$RUNS/$name" --out "$CKPTS/$name" --title "$title" --command \
+    "OMP_NUM_THREADS=$threads ardrag-fit $* --trainer.default_root_dir=$RUNS/$name --ckpt_path last
+ardrag-export --ckpt $last --dtype bfloat16 --out $CKPTS/$name
+# or all stages at once: bash scripts/toy_recipe.sh"
   printf '%s\t%s\t%s\n' "$name" "$((SECONDS - t0))" "$last" >> "$RUNS/walltime.tsv"
 }
 
 echo "== data: toy world in $DATA"
 ardrag-toyworld "$DATA"
-stage teacher 2 --config configs/toy/teacher.yaml
+stage teacher 2 "teacher: the toy bidirectional motion-conditioned teacher (20-step sampler)" --config configs/toy/teacher.yaml
 # SFT students distil the freshly trained teacher; one torch thread each is fastest on 2 busy cores
-stage sft 2 --config configs/toy/sft.yaml --model.init_args.teacher="$RUNS/teacher/export"
-stage sft_no_rollout 2 --config configs/toy/sft.yaml --config configs/toy/sft_no_rollout.yaml \
+stage sft 2 "sft: the AR-Drag toy student (frame-wise, Self-Rollout, DMD from the teacher)" --config configs/toy/sft.yaml --model.init_args.teacher="$RUNS/teacher/export"
+stage sft_no_rollout 2 "sft_no_rollout: ablation without Self-Rollout (exit-prediction cache update, chunk 1)" --config configs/toy/sft.yaml --config configs/toy/sft_no_rollout.yaml \
   --model.init_args.teacher="$RUNS/teacher/export"
-stage sft_chunk3 2 --config configs/toy/sft.yaml --config configs/toy/sft_chunk3.yaml \
+stage sft_chunk3 2 "sft_chunk3: Self-Forcing-style baseline (exit-prediction cache update, chunk 3)" --config configs/toy/sft.yaml --config configs/toy/sft_chunk3.yaml \
   --model.init_args.teacher="$RUNS/teacher/export"
-stage rl 2 --config configs/toy/rl.yaml --model.init_args.init="$RUNS/sft/export"
+stage rl 2 "rl: AR-Drag (full), GRPO of the sft student with the tracker motion reward" --config configs/toy/rl.yaml --model.init_args.init="$RUNS/sft/export"
 
 echo "== benchmark: ardrag-eval --config configs/eval/toy.yaml (results/toy/)"
 ardrag-eval --config configs/eval/toy.yaml --publish

@@ -226,3 +226,20 @@ def test_sample_prediction_returns_the_velocity_of_its_x0_estimate():
     assert torch.equal(velocity_target(vel, xs, x0, eps, sig), eps - x0)
     with pytest.raises(ValueError, match="prediction_type"):
         CausalWanTransformer(**TINY, prediction_type="epsilon")
+
+
+def test_sample_base_adds_a_condition_latent_to_the_x0_estimate():
+    """sample_base=(a, b): x0_hat = network output + cond[:, a:b] (the reference latent repeated in every frame)."""
+    vel = _randomised(CausalWanTransformer(**TINY, cond_in_channels=25))
+    based = CausalWanTransformer(**TINY, cond_in_channels=25, prediction_type="sample", sample_base=(12, 24))
+    based.load_state_dict(vel.state_dict())
+    based.eval()
+    x, ctx, cond = torch.randn(1, 12, 2, 4, 4), torch.randn(1, 3, 16), torch.randn(1, 25, 2, 4, 4)
+    t = torch.tensor([[600.0, 300.0]])
+    with torch.no_grad():
+        out = vel(x, t, ctx, cond=cond)  # the same weights' raw output
+        v = based(x, t, ctx, cond=cond)
+    s = (t / 1000)[:, None, :, None, None]
+    torch.testing.assert_close(v, (x - (out + cond[:, 12:24])) / s, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="sample_base"):
+        CausalWanTransformer(**TINY, sample_base=(12, 24))  # needs prediction_type 'sample'

@@ -65,7 +65,10 @@ PREDICTION_TYPES = ("velocity", "sample")
 """What `proj_out` predicts. 'velocity' (Wan2.1's own): v = eps - x0. 'sample': the clean latent x0, returned as the
 velocity v = (x_s - x0_hat) / max(s, sample_sigma_min), so every caller still receives a velocity. For pixel-space
 toys whose patch (192 values) is as wide as the model, x0 lies on a low-dimensional manifold while eps and v do not:
-the network then learns x0 far better (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise")."""
+the network then learns x0 far better (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise").
+With `sample_base = (a, b)` the x0 estimate is `cond[:, a:b]` (the reference latent, when the conditioner repeats it in
+every frame) plus the network's output: a token need not carry the reference patch through the residual stream to
+reproduce a static background, only what changes."""
 
 
 class CausalWanTransformer(WanTransformer3DModel):
@@ -93,6 +96,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         cond_in_channels: int = 0,
         prediction_type: str = "velocity",
         sample_sigma_min: float = 0.05,
+        sample_base: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(
             patch_size=patch_size,
@@ -114,6 +118,8 @@ class CausalWanTransformer(WanTransformer3DModel):
         )
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if sample_base is not None and (prediction_type != "sample" or not 0 <= sample_base[0] < sample_base[1]):
+            raise ValueError(f"sample_base {sample_base} needs prediction_type 'sample' and a channel range [a, b)")
         self.cond_embedding = self._make_cond_embedding(cond_in_channels) if cond_in_channels > 0 else None
         # "sdpa": dense boolean token mask (fine at toy scale); "flex": FlexAttention block mask built from the
         # frame mask, memory O(blocks) instead of O(tokens^2): use it for full-scale masked training on CUDA.
@@ -349,6 +355,11 @@ class CausalWanTransformer(WanTransformer3DModel):
         x = x.reshape(b, f, pph, ppw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         x = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
         if self.config.get("prediction_type", "velocity") == "sample":  # x0 -> velocity, in float32
+            base = self.config.get("sample_base")
+            if base is not None:  # x0 = a condition latent (the reference image) + the predicted difference
+                if cond is None or cond.shape[1] < base[1] or base[1] - base[0] != x.shape[1]:
+                    raise ValueError(f"sample_base {base} needs condition channels [{base[0]}, {base[1]})")
+                x = x.float() + cond[:, base[0] : base[1]].float()
             s = self.velocity_sigma(t)[:, None, :, None, None]  # (B, 1, F, 1, 1)
             x = (hidden_states.float() - x.float()) / s
         return x.to(in_dtype)
