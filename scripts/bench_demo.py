@@ -45,6 +45,18 @@ DRAG = [(60, 70), (110, 110), (170, 150), (230, 180)]  # CSS pixels on the 320 x
 STEER = [(250, 250), (200, 220), (150, 190)]
 
 
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
 def set_field(driver, element_id: str, value) -> None:
     from selenium.webdriver.common.by import By
 
@@ -140,6 +152,7 @@ def main() -> int:
         "torch": torch.__version__,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
         "date": time.strftime("%Y-%m-%d"),
+        "git_commit": _git_commit(),
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +172,8 @@ def main() -> int:
         f"Command: `{meta['command']}`  ",
         f"Checkpoint `{args.checkpoint}`, bundled image `{image}`, {args.frames} frames, seed {args.seed}, "
         f"one fixed drag; {args.repeats} runs after one warm-up, median [min, max].  ",
-        f"Hardware: {meta['hardware']}; {meta['browser']}; torch {meta['torch']}; {meta['date']}.  ",
+        f"Hardware: {meta['hardware']}; {meta['browser']}; torch {meta['torch']}; {meta['date']}; "
+        f"commit {meta['git_commit']}.  ",
         "Server and browser share the machine over localhost; 1-minute load average before/after: "
         f"{meta['load_average_1min'][0]} / {meta['load_average_1min'][1]} (other jobs shared the CPU).",
         "",

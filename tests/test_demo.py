@@ -230,6 +230,30 @@ def test_one_generation_per_page_others_queue_and_stop_ends_it(pipe, image):
             assert n == T and msg["frames"] == T
 
 
+def test_a_page_closing_mid_stream_frees_the_model(pipe, image, caplog):
+    gated = GatedPipeline(pipe, hold=1)
+    req = {"type": "generate", "image": "test", "paths": [[[4, 6], [30, 40]]], "frames": T}
+    app = create_app(gated, {"test": image})
+    with TestClient(app) as client:
+        with client.websocket_connect("/ws") as a:
+            a.send_json(req)
+            assert a.receive_json()["type"] == "started"
+            assert a.receive_json()["index"] == 0
+        assert app.state.demo.model_lock.locked()  # frame 1 is still being made for the closed page
+        gated.release.set()  # the held frame finishes, the worker sees the page is gone and lets go
+        deadline = time.monotonic() + 20
+        while app.state.demo.model_lock.locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gated.produced == 2  # it stopped after the frame in flight instead of finishing the video
+        with client.websocket_connect("/ws") as b:
+            gated.hold = -1
+            b.send_json(req)
+            assert b.receive_json()["type"] == "started"  # not queued for ever: the model lock was freed
+            kinds = [b.receive_json()["type"] for _ in range(T + 1)]
+            assert kinds == ["frame"] * T + ["done"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # a closed page is not a failure
+
+
 def test_cli_refuses_a_missing_checkpoint(tmp_path, capsys):
     assert demo_main(["--checkpoint", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip()

@@ -68,8 +68,9 @@ class _Generation:
 
     image: np.ndarray
     frames: int
-    update: list | None = None  # latest validated drag paths, applied at the next frame boundary
+    update: list | None = None  # latest validated drag paths, taken by the worker at the next frame boundary
     stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards `update` across the two threads
     task: asyncio.Task | None = None
 
 
@@ -82,7 +83,9 @@ class DemoState:
         self.images: OrderedDict[str, np.ndarray] = OrderedDict(images)
         self.bundled = list(images)
         self.clips: OrderedDict[str, bytes] = OrderedDict()
-        self.model_lock = asyncio.Lock()  # one generation at a time on the one model; other pages queue
+        # one generation at a time on the one model; other pages queue. Held by the worker thread that runs the
+        # stream, so the model is never used twice at once even when a page's task is cancelled mid-frame.
+        self.model_lock = threading.Lock()
         self._ids = itertools.count(1)
 
     def add_upload(self, image: np.ndarray) -> str:
@@ -214,7 +217,10 @@ def create_app(pipe: Any, images: dict[str, np.ndarray] | None = None, settings:
 
         async def send(msg: dict) -> None:
             async with send_lock:
-                await ws.send_json(msg)
+                try:
+                    await ws.send_json(msg)
+                except Exception as e:  # the page closed: uvicorn and starlette raise several kinds
+                    raise WebSocketDisconnect() from e
 
         async def error(message: str) -> None:
             await send({"type": "error", "message": message})
@@ -251,7 +257,8 @@ def create_app(pipe: Any, images: dict[str, np.ndarray] | None = None, settings:
                         except TrajectoryError as e:
                             await error(str(e))
                             continue
-                        gen.update = msg["paths"]
+                        with gen.lock:
+                            gen.update = msg["paths"]
                         await send({"type": "update_queued"})
                 elif kind == "stop":
                     if running:
@@ -285,61 +292,80 @@ def _parse_generate(msg: dict, state: DemoState, limits) -> tuple[_Generation, d
 
 
 async def _run(state: DemoState, gen: _Generation, request: dict, send, error) -> None:
-    """Generate one video: frames go out as the pipeline yields them; drags are sent between frames."""
-    pipe, limits = state.pipe, state.pipe.config.limits()
-    if state.model_lock.locked():
-        await send({"type": "queued"})
+    """Generate one video on a worker thread and relay its events to the page as they happen."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
     frames: list[np.ndarray] = []
+
+    def emit(*event) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            pass
+
+    worker = threading.Thread(target=_worker, args=(state, gen, request, frames, emit), daemon=True)
+    worker.start()
     failed = False
     try:
-        async with state.model_lock:
-            if not gen.stop.is_set():
-                await send({"type": "started", "frames": gen.frames})
-                await _generate(pipe, gen, request, frames, send, limits)
-    except WebSocketDisconnect:  # the page went away: nothing to tell
-        return
-    except Exception as e:  # a model error ends this video, not the server
-        log.exception("generation failed")
-        failed = True
-        try:
-            await error(f"generation failed: {type(e).__name__}: {e}".splitlines()[0])
-        except Exception:  # the socket closed meanwhile
-            return
-    clip = ""
-    if frames:
-        data = await asyncio.to_thread(encode_mp4, np.stack(frames), pipe.config.fps)
-        clip = f"/api/clip/{state.add_clip(data)}.mp4"
-    stopped = gen.stop.is_set()
-    try:
+        while (event := await events.get())[0] != "end":
+            kind = event[0]
+            if kind == "frame":
+                _, index, gen_ms, frame = event
+                png = await asyncio.to_thread(png_base64, frame)
+                await send(
+                    {"type": "frame", "index": index, "total": gen.frames, "gen_ms": gen_ms, "png": png}
+                )
+            elif kind == "error":
+                failed = True
+                await error(event[1])
+            else:  # queued, started, update_ok
+                await send(event[1])
+        clip = ""
+        if frames:
+            data = await asyncio.to_thread(encode_mp4, np.stack(frames), state.pipe.config.fps)
+            clip = f"/api/clip/{state.add_clip(data)}.mp4"
+        stopped = gen.stop.is_set()
         await send(
             {"type": "done", "frames": len(frames), "stopped": stopped, "failed": failed, "clip": clip}
         )
-    except Exception:  # the socket closed meanwhile
+    except WebSocketDisconnect:  # the page went away: nothing to tell
         pass
+    finally:  # whatever ended this task (a closed page, cancellation), the worker stops at the next frame
+        gen.stop.set()
 
 
-async def _generate(pipe, gen: _Generation, request: dict, frames: list, send, limits) -> None:
-    """Pull frames from the pipeline's stream into `frames`, sending each; drags go in between frames."""
+def _worker(state: DemoState, gen: _Generation, request: dict, frames: list, emit) -> None:
+    """Own the model lock and the stream from first frame to close; drags are sent between frames."""
+    pipe, limits = state.pipe, state.pipe.config.limits()
     h, w = gen.image.shape[:2]
-    stream = pipe.stream(gen.image, request["tracks"], prompt=request["prompt"], seed=request["seed"])
+    if not state.model_lock.acquire(blocking=False):
+        emit("queued", {"type": "queued"})
+        state.model_lock.acquire()
     try:
-        update = None
-        while len(frames) < gen.frames and not gen.stop.is_set():
-            t0 = time.perf_counter()
-            frame = await asyncio.to_thread(_advance, stream, update)  # the model runs off the event loop
-            gen_ms = (time.perf_counter() - t0) * 1000
-            if frame is None:
-                break
-            frames.append(frame)
-            index = len(frames) - 1
-            png = png_base64(frame)
-            await send(
-                {"type": "frame", "index": index, "total": gen.frames, "gen_ms": round(gen_ms, 2), "png": png}
-            )
+        if gen.stop.is_set():
+            return
+        emit("started", {"type": "started", "frames": gen.frames})
+        stream = pipe.stream(gen.image, request["tracks"], prompt=request["prompt"], seed=request["seed"])
+        try:
             update = None
-            if gen.update is not None:  # resampled over the frames still to come
-                paths, gen.update = gen.update, None
-                update = {"tracks": paths_to_tracks(paths, gen.frames, w, h, limits, start=len(frames))}
-                await send({"type": "update_ok", "frames_shown": len(frames)})
+            while len(frames) < gen.frames and not gen.stop.is_set():
+                t0 = time.perf_counter()
+                frame = _advance(stream, update)
+                if frame is None:
+                    break
+                frames.append(frame)
+                emit("frame", len(frames) - 1, round((time.perf_counter() - t0) * 1000, 2), frame)
+                with gen.lock:
+                    paths, gen.update = gen.update, None
+                update = None
+                if paths is not None:  # resampled over the frames still to come
+                    update = {"tracks": paths_to_tracks(paths, gen.frames, w, h, limits, start=len(frames))}
+                    emit("update_ok", {"type": "update_ok", "frames_shown": len(frames)})
+        finally:
+            stream.close()
+    except Exception as e:  # a model error ends this video, not the server
+        log.exception("generation failed")
+        emit("error", f"generation failed: {type(e).__name__}: {e}".splitlines()[0])
     finally:
-        stream.close()
+        state.model_lock.release()
+        emit("end")
