@@ -65,6 +65,52 @@ def test_toy_rl_config_runs_grpo_steps_and_exports(setup, tmp_path):
     assert pipe.config.mode == "autoregressive" and pipe.config.timesteps == [1000.0, 755.0, 522.0]
 
 
+def test_lora_trains_only_adapters_and_exports_them_folded_in(setup, tmp_path):
+    """lora.rank > 0: base weights stay frozen, adapters move, the export is a plain AR pipeline whose weights are the
+    base plus the folded adapters (it generates the same video as the adapted policy, to float tolerance)."""
+    import torch
+
+    from ardrag.training.rl import LoRA, RLModule
+
+    base = ARDragPipeline.from_pretrained(setup / "init").transformer.state_dict()
+    out = tmp_path / "run"
+    rc = fit_main(
+        [
+            "--config",
+            str(ROOT / "configs/toy/rl.yaml"),
+            f"--trainer.default_root_dir={out}",
+            "--trainer.max_steps=2",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.callbacks=[]",
+            f"--model.init_args.init={setup / 'init'}",
+            "--model.init_args.grpo.group_size=2",
+            "--model.init_args.lora.rank=4",
+            "--model.init_args.optim.lr=1e-2",
+            f"--data.init_args.train_shards={setup / 'train'}",
+            f"--data.init_args.val_shards={setup / 'val'}",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=1",
+            "--data.init_args.num_frames=5",
+        ]
+    )
+    assert rc == 0
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    sd = ckpt["state_dict"]
+    lora_keys = [k for k in sd if "lora_" in k]
+    assert lora_keys and any(sd[k].abs().sum() > 0 for k in lora_keys if "lora_B" in k)  # B moved off zero
+    # base weights of adapted layers are unchanged (frozen); so are all other weights
+    for k, v in base.items():
+        key = "policy." + k.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        key = key if key in sd else "policy." + k
+        torch.testing.assert_close(sd[key], v, rtol=0, atol=0)
+    exported = ARDragPipeline.from_pretrained(out / "export").transformer.state_dict()
+    assert set(exported) == set(base)  # a plain transformer: adapters folded in, no LoRA keys
+    moved = max(float((exported[k] - base[k]).abs().max()) for k in base)
+    assert moved > 0  # the adapters changed the exported weights
+    m = RLModule(init=str(setup / "init"), lora=LoRA(rank=4))
+    assert all(("lora_" in n) == p.requires_grad for n, p in m.policy.named_parameters())
+
+
 def brightness(videos, tracks, visible):
     """A pluggable per-frame reward for the learning test: mean intensity of each frame in [0, 1] (causal)."""
     return videos.astype("float32").mean(axis=(2, 3, 4)) / 255.0

@@ -49,6 +49,35 @@ class RLOptim:
     grad_clip: float = 1.0
 
 
+@dataclass
+class LoRA:
+    """Low-rank adapters (peft, through diffusers' add_adapter) instead of a full fine-tune; rank 0 = full."""
+
+    rank: int = 0
+    alpha: float | None = None
+    """LoRA scale numerator (default: the rank, i.e. scale 1)."""
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
+    """Linear layers that get adapters (names as in diffusers' Wan blocks: self-/cross-attention and the FFN)."""
+
+
+def add_lora(model: torch.nn.Module, cfg: LoRA) -> None:
+    """Freeze `model` and add trainable LoRA adapters (B initialised to zero: the model is unchanged at step 0)."""
+    from peft import LoraConfig
+
+    model.requires_grad_(False)
+    model.add_adapter(
+        LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or cfg.rank, target_modules=list(cfg.target_modules))
+    )
+
+
+def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a LoRA-adapted model with the adapters folded into the base weights and removed (plain state dict)."""
+    m = copy.deepcopy(model)
+    m.fuse_lora()
+    m.unload_lora()
+    return m
+
+
 def _repeat(x: Any, g: int) -> Any:
     """Repeat each of B entries G times, contiguously (rollouts of one condition are neighbours)."""
     if isinstance(x, torch.Tensor):
@@ -66,6 +95,7 @@ class RLModule(StageModule):
         grpo: group size, clip range, KL weight, inner updates, SDE noise level and step choice.
         reward: reward terms and weights.
         optim: AdamW settings.
+        lora: LoRA adapters instead of a full fine-tune (rank 0: full); exports fold them into the weights.
         seed: every random draw of a step is a function of (seed, global step, rank).
     """
 
@@ -75,6 +105,7 @@ class RLModule(StageModule):
         grpo: GRPOConfig | None = None,
         reward: RewardConfig | None = None,
         optim: RLOptim | None = None,
+        lora: LoRA | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(seed)
@@ -96,6 +127,9 @@ class RLModule(StageModule):
             )
         self.policy = pipe.transformer.train().requires_grad_(True)
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.lora = lora or LoRA()
+        if self.lora.rank > 0:
+            add_lora(self.policy, self.lora)
         self.attach_pipeline(pipe)
         self.rollout_cfg = dataclasses.replace(
             pipe.config.rollout(), noise_level=self.grpo.noise_level, cache_update="full_denoise"
@@ -106,9 +140,8 @@ class RLModule(StageModule):
 
     def configure_optimizers(self):
         o = self.optim_cfg
-        return torch.optim.AdamW(
-            self.policy.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
-        )
+        params = [p for p in self.policy.parameters() if p.requires_grad]  # all, or the LoRA adapters
+        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
 
     # ------------------------------------------------------------------ rollouts and rewards
     @torch.no_grad()
@@ -211,7 +244,8 @@ class RLModule(StageModule):
 
     # ------------------------------------------------------------------ hand-over
     def export_pipeline(self) -> ARDragPipeline:
-        return self.pipeline_with(self.policy, self.pipeline_config)
+        weights = merged_copy(self.policy) if self.lora.rank > 0 else self.policy
+        return self.pipeline_with(weights, self.pipeline_config)
 
     @torch.no_grad()
     def sample_videos(self, batch: dict[str, Any]) -> np.ndarray:
