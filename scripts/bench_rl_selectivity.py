@@ -36,7 +36,12 @@ def toy_batch(data: str, batch: int, frames: int, tracks: int) -> dict:
     from datamodules import ARDragDataModule
 
     dm = ARDragDataModule(
-        train_shards=data, val_shards=None, batch_size=batch, num_workers=0, num_frames=frames, max_tracks=tracks
+        train_shards=data,
+        val_shards=None,
+        batch_size=batch,
+        num_workers=0,
+        num_frames=frames,
+        max_tracks=tracks,
     )
     return next(iter(dm.train_dataloader()))
 
@@ -80,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         x0, conds = module.conditions(batch)
-        conds = Conditions(*(_repeat(getattr(conds, f.name), grpo.group_size) for f in dataclasses.fields(conds)))
+        conds = Conditions(
+            *(_repeat(getattr(conds, f.name), grpo.group_size) for f in dataclasses.fields(conds))
+        )
         shape = (x0.shape[0] * grpo.group_size, *x0.shape[1:])
         ro, frames = module.rollout(conds, shape, g)
         t1 = time.perf_counter()
@@ -97,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     one = med["rollout"] + med["reward"] + med["update_1"]
     every = med["rollout"] + med["reward"] + med[f"update_{k_all}"]
     rows = [
-        {"sde_steps_per_frame": 1, "step_s": one, **{f"{k}_s": v for k, v in med.items() if k != f"update_{k_all}"}},
+        {
+            "sde_steps_per_frame": 1,
+            "step_s": one,
+            **{f"{k}_s": v for k, v in med.items() if k != f"update_{k_all}"},
+        },
         {
             "sde_steps_per_frame": k_all,
             "step_s": every,

@@ -59,15 +59,15 @@ def summary(points: list[tuple[int, float]], k: int = 5) -> str:
     def mean(p):
         return sum(v for _, v in p) / len(p)
 
-    return (
-        f"{mean(first):.4g} (steps {first[0][0]}-{first[-1][0]}) -> {mean(last):.4g} (steps {last[0][0]}-{last[-1][0]})"
-    )
+    return f"{mean(first):.4g} (steps {first[0][0]}-{first[-1][0]}) -> {mean(last):.4g} (steps {last[0][0]}-{last[-1][0]})"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="the run's trainer.default_root_dir")
-    p.add_argument("--out", required=True, help="the exported checkpoint folder (RECIPE.md is written into it)")
+    p.add_argument(
+        "--out", required=True, help="the exported checkpoint folder (RECIPE.md is written into it)"
+    )
     p.add_argument("--command", required=True, help="the command that made it (shown verbatim)")
     p.add_argument("--title", required=True, help="first line: what this checkpoint is")
     p.add_argument("--note", default="", help="an extra paragraph (e.g. what it is for)")

@@ -97,7 +97,9 @@ class PipelineConfig:
         if self.mode not in ("autoregressive", "bidirectional"):
             raise ValueError(f"mode must be 'autoregressive' or 'bidirectional', got {self.mode!r}")
         if self.reference_frames not in REFERENCE_FRAMES:
-            raise ValueError(f"reference_frames must be one of {REFERENCE_FRAMES}, got {self.reference_frames!r}")
+            raise ValueError(
+                f"reference_frames must be one of {REFERENCE_FRAMES}, got {self.reference_frames!r}"
+            )
         self.rollout()  # validates schedule and causal settings
 
     def schedule(self) -> FlowSchedule:

@@ -118,8 +118,12 @@ class CausalWanTransformer(WanTransformer3DModel):
         )
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-        if sample_base is not None and (prediction_type != "sample" or not 0 <= sample_base[0] < sample_base[1]):
-            raise ValueError(f"sample_base {sample_base} needs prediction_type 'sample' and a channel range [a, b)")
+        if sample_base is not None and (
+            prediction_type != "sample" or not 0 <= sample_base[0] < sample_base[1]
+        ):
+            raise ValueError(
+                f"sample_base {sample_base} needs prediction_type 'sample' and a channel range [a, b)"
+            )
         self.cond_embedding = self._make_cond_embedding(cond_in_channels) if cond_in_channels > 0 else None
         # "sdpa": dense boolean token mask (fine at toy scale); "flex": FlexAttention block mask built from the
         # frame mask, memory O(blocks) instead of O(tokens^2): use it for full-scale masked training on CUDA.

@@ -55,7 +55,8 @@ class StageModule(pl.LightningModule):
             "codec": pipe.codec.requires_grad_(False),
             "text": pipe.text_encoder.requires_grad_(False),
         }
-        self.conditioner = pipe.conditioner  # the pipeline's own: training conditions are what inference builds
+        # the pipeline's own conditioner: training conditions are what inference builds
+        self.conditioner = pipe.conditioner
         self.pipeline_config = pipe.config
 
     @property
