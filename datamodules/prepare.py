@@ -67,7 +67,9 @@ class PrepareConfig:
     min_visible: float = 1.0
     """Fraction of frames a stored track must be visible in (1.0: visible throughout)."""
     max_upscale: float = 2.0
-    """Skip videos that would need more than this upscaling to fill a bucket."""
+    """Skip videos that would need more than this upscaling to fill a bucket (the report names the factor that
+    would admit each one; ``--max-upscale``). Default 2: a clip blown up further is mostly interpolation blur,
+    which the model would learn as if it were the video's look."""
     samples_per_shard: int = 64
     shard_name: str = "clips"
     negative_prompt: str = ""
@@ -134,7 +136,11 @@ def read_clip_frames(path: Path, cfg: PrepareConfig) -> tuple[np.ndarray, dict[s
                     bucket = _bucket_for(*src_size, cfg.buckets)
                     up = max(bucket[0] / src_size[0], bucket[1] / src_size[1])
                     if up > cfg.max_upscale:
-                        raise SkipVideo(f"too small: {src_size[1]}x{src_size[0]} needs x{up:.1f} upscaling")
+                        raise SkipVideo(
+                            f"too small: {src_size[1]}x{src_size[0]} needs x{up:.2f} upscaling to "
+                            f"{bucket[1]}x{bucket[0]}, over max_upscale {cfg.max_upscale:g} "
+                            f"(--max-upscale {math.ceil(up * 100) / 100:g} admits it, or smaller --buckets)"
+                        )
                 frames.append(_fit(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), *bucket))
             idx += 1
     finally:
@@ -430,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clips-per-video", type=int)
     ap.add_argument("--max-tracks", type=int)
     ap.add_argument("--samples-per-shard", type=int)
+    ap.add_argument(
+        "--max-upscale", type=float, help="largest upscaling allowed to fill a bucket (default 2; smaller videos "
+        "are skipped and the report says which value admits each)"
+    )
     ap.add_argument("--retry-skipped", action="store_true", help="retry videos a previous run skipped")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -438,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         kw = _load_config(args.config)
         if args.buckets:
             kw["buckets"] = _parse_buckets(args.buckets)
-        for name in ("frames", "fps", "clips_per_video", "max_tracks", "samples_per_shard"):
+        for name in ("frames", "fps", "clips_per_video", "max_tracks", "samples_per_shard", "max_upscale"):
             if getattr(args, name) is not None:
                 kw[name] = getattr(args, name)
         cfg = PrepareConfig(**kw)

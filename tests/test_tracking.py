@@ -125,33 +125,23 @@ def test_bad_inputs_are_refused():
     assert tr.shape == (3, 0, 2) and vis.shape == (3, 0)
 
 
-def _toy_scores(tracker, n=40):
-    """Tracker vs exact toy-world ground truth, over points visible on frame 0 (the query frame)."""
-    from datamodules.toy_world import clip_seed, render_clip
+@pytest.fixture(scope="module")
+def toy_suite():
+    from benchmark.tracker_check import toy_items
 
-    err, occluded_reported, kept = [], [], []
-    for i in range(n):
-        c = render_clip(clip_seed(0, "val", i))
-        q = c.visible[0]
-        tracks, visible = tracker(c.video, c.tracks[0])
-        e = np.linalg.norm(tracks - c.tracks, axis=-1)[:, q]
-        gt_vis, est_vis = c.visible[:, q], visible[:, q]
-        err.append(e[gt_vis & est_vis])
-        occluded_reported.append(est_vis[~gt_vis])
-        sprite = (np.array(c.meta["track_owner"]) >= 0)[q]
-        kept.append(est_vis[-1][gt_vis.all(axis=0) & sprite])
-    err, occ, kept = (np.concatenate(a) for a in (err, occluded_reported, kept))
-    return err, occ, kept
+    return toy_items(32)  # the toy suite's 32 ground-truth items (configs/eval/toy.yaml), rebuilt
 
 
-@pytest.mark.parametrize("tracker", [track_points, track_points_flow])
-def test_accuracy_on_toy_world_ground_truth(tracker):
-    # The reward and the benchmark track toy clips: sub-pixel on sprites, and occlusion reported.
-    err, occ, kept = _toy_scores(tracker)
-    lk = tracker is track_points
-    assert np.median(err) <= (0.25 if lk else 0.4)
-    assert np.mean(err > 2.0) <= 0.04  # drifted-but-visible points are rare
-    # Most point-frames behind a sprite are reported invisible; the rest are points on a sprite's edge at
-    # frame 0 (the window follows the sprite) or the first frames of a slow slide-in.
-    assert len(occ) >= 100 and occ.mean() <= 0.15
-    assert kept.mean() >= (0.6 if lk else 0.45)  # never-occluded sprite points still tracked at the end
+# Measured by scripts/bench_tracker.py (results/data/tracker_accuracy.md); before the template refinement the
+# same split gave LK coverage 0.859 / penalised 1.66 px and flow 0.780 / 2.26 px (results/toy/table1.md).
+@pytest.mark.parametrize(
+    "tracker, min_cov, max_pen", [(track_points, 0.92, 1.0), (track_points_flow, 0.74, 2.5)]
+)
+def test_toy_suite_ground_truth(toy_suite, tracker, min_cov, max_pen):
+    from benchmark.tracker_check import toy_scores
+
+    s = toy_scores(tracker, toy_suite)
+    assert s["coverage"] >= min_cov
+    assert s["objmc_penalised"] <= max_pen
+    assert s["off_3px"] <= 0.01  # a shown point is right
+    assert s["occluded_pairs"] >= 100 and s["shown_occluded"] <= 0.05  # and a covered one is rarely shown
