@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel, WanTransformerBlock
+from torch.nn.attention.flex_attention import BlockMask
 from torch.utils.checkpoint import checkpoint
 
 from ardrag.models.attention import (
@@ -59,6 +60,81 @@ def _flex_attention():
 
         _FLEX["fn"] = torch.compile(flex_attention) if torch.cuda.is_available() else flex_attention
     return _FLEX["fn"]
+
+
+class CausalWanBlock(WanTransformerBlock):
+    """diffusers' Wan block with per-frame adaLN modulation, masked or cached self-attention and RoPE at absolute
+    frame positions. Same submodules and parameter names as `WanTransformerBlock` (real Wan2.1 weights load), and
+    every layout runs through this module's own `forward`, so per-block wrappers (FSDP2 `fully_shard`, activation
+    checkpointing, `torch.compile`) see each block as one unit."""
+
+    def forward(  # type: ignore[override]
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        tproj: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | BlockMask | None = None,
+        cache_step: _CacheStep | None = None,
+        layer: int = 0,
+        tokens_per_frame: int | None = None,
+    ) -> torch.Tensor:
+        """hidden_states: (B, F*tpf, D) frame-major tokens; encoder_hidden_states: (B, L, D) context;
+        tproj: (B, F, 6, D) per-frame modulation; cos, sin: (1, F*tpf, 1, head_dim); attn_mask: dense boolean
+        (tokens, tokens) for SDPA or a FlexAttention BlockMask; cache_step: read/append `layer`'s KV cache."""
+        x = hidden_states
+        b, n, d = x.shape
+        f = tproj.shape[1]
+        tpf = tokens_per_frame or n // f
+        mod = self.scale_shift_table[None].float() + tproj.float()  # (B, F, 6, D)
+        shift, scale, gate, c_shift, c_scale, c_gate = (m[:, :, None] for m in mod.unbind(2))  # (B, F, 1, D)
+
+        def frames(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, f, tpf, d)
+
+        # 1. Self-attention (masked, or over the cached window)
+        h = (self.norm1(frames(x).float()) * (1 + scale) + shift).type_as(x).view(b, n, d)
+        a = self._self_attention(h, cos, sin, attn_mask, cache_step, layer)
+        x = (frames(x).float() + frames(a) * gate).type_as(x).view(b, n, d)
+        # 2. Cross-attention to the text (and image) context
+        h = self.norm2(x.float()).type_as(x)
+        x = x + self.attn2(h, encoder_hidden_states, None, None)
+        # 3. Feed-forward
+        h = (self.norm3(frames(x).float()) * (1 + c_scale) + c_shift).type_as(x).view(b, n, d)
+        ff = self.ffn(h)
+        return (frames(x).float() + frames(ff).float() * c_gate).type_as(x).view(b, n, d)
+
+    def _self_attention(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | BlockMask | None,
+        cache_step: _CacheStep | None,
+        layer: int,
+    ) -> torch.Tensor:
+        attn = self.attn1
+        q = attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1))
+        k = attn.norm_k(attn.to_k(x)).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(x).unflatten(2, (attn.heads, -1))
+        q = _apply_rotary(q, cos, sin).transpose(1, 2)  # (B, H, L, Dh)
+        # contiguous keys/values: torch.cat of transposed views is ~1000x slower on CPU, and the cache concatenates
+        k = _apply_rotary(k, cos, sin).transpose(1, 2).contiguous()
+        v = v.transpose(1, 2).contiguous()
+        if cache_step is not None:
+            past = cache_step.cache.gather(layer, cache_step.chunk_start)
+            if cache_step.write:
+                cache_step.cache.append(layer, k.detach(), v.detach())
+            if past is not None:
+                k = torch.cat([past[0].to(k.dtype), k], dim=2)
+                v = torch.cat([past[1].to(v.dtype), v], dim=2)
+        if isinstance(attn_mask, BlockMask):
+            out = _flex_attention()(q, k, v, block_mask=attn_mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(x)
+        return attn.to_out[1](attn.to_out[0](out))
 
 
 PREDICTION_TYPES = ("velocity", "sample")
@@ -115,6 +191,10 @@ class CausalWanTransformer(WanTransformer3DModel):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         self.cond_embedding = self._make_cond_embedding(cond_in_channels) if cond_in_channels > 0 else None
+        # Same modules and parameters, new forward: re-classing (not rebuilding) keeps the initial weights and the
+        # random stream of the base constructor, so a seed gives the same model as before.
+        for block in self.blocks:
+            block.__class__ = CausalWanBlock
         # "sdpa": dense boolean token mask (fine at toy scale); "flex": FlexAttention block mask built from the
         # frame mask, memory O(blocks) instead of O(tokens^2): use it for full-scale masked training on CUDA.
         self.attention_backend = "sdpa"
@@ -320,25 +400,14 @@ class CausalWanTransformer(WanTransformer3DModel):
         if frame_mask is not None and not bool(frame_mask.all()):
             token_mask = self._token_mask(frame_mask.to(x.device), tpf, x.shape[1])
 
-        # 3. Transformer blocks
+        # 3. Transformer blocks, each called as a module (its own forward) so per-block wrappers apply
         for li, block in enumerate(self.blocks):
             if torch.is_grad_enabled() and self.gradient_checkpointing and cache_step is None:
                 x = checkpoint(
-                    self._block,
-                    block,
-                    li,
-                    x,
-                    context,
-                    tproj,
-                    cos,
-                    sin,
-                    token_mask,
-                    None,
-                    tpf,
-                    use_reentrant=False,
+                    block, x, context, tproj, cos, sin, token_mask, None, li, tpf, use_reentrant=False
                 )
             else:
-                x = self._block(block, li, x, context, tproj, cos, sin, token_mask, cache_step, tpf)
+                x = block(x, context, tproj, cos, sin, token_mask, cache_step, li, tpf)
 
         # 4. Output norm (per-frame modulation), projection and unpatchify
         mod = self.scale_shift_table[None].float() + temb[:, :, None].float()  # (B, F, 2, D)
@@ -368,71 +437,6 @@ class CausalWanTransformer(WanTransformer3DModel):
             return frame_mask[q_idx // tpf, kv_idx // tpf]
 
         return create_block_mask(mask_mod, None, None, n_tokens, n_tokens, device=frame_mask.device)
-
-    def _block(
-        self,
-        block: WanTransformerBlock,
-        layer: int,
-        x: torch.Tensor,
-        context: torch.Tensor,
-        tproj: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        token_mask: torch.Tensor | None,
-        cache_step: _CacheStep | None,
-        tpf: int,
-    ) -> torch.Tensor:
-        """One Wan block with per-frame modulation (same parameters and math as diffusers' block)."""
-        b, n, d = x.shape
-        f = n // tpf
-        mod = block.scale_shift_table[None].float() + tproj.float()  # (B, F, 6, D)
-        shift, scale, gate, c_shift, c_scale, c_gate = (m[:, :, None] for m in mod.unbind(2))  # (B, F, 1, D)
-
-        def frames(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, f, tpf, d)
-
-        # 1. Self-attention (masked, or over the cached window)
-        h = (block.norm1(frames(x).float()) * (1 + scale) + shift).type_as(x).view(b, n, d)
-        a = self._self_attention(block.attn1, h, cos, sin, token_mask, cache_step, layer)
-        x = (frames(x).float() + frames(a) * gate).type_as(x).view(b, n, d)
-        # 2. Cross-attention to the text (and image) context
-        h = block.norm2(x.float()).type_as(x)
-        x = x + block.attn2(h, context, None, None)
-        # 3. Feed-forward
-        h = (block.norm3(frames(x).float()) * (1 + c_scale) + c_shift).type_as(x).view(b, n, d)
-        ff = block.ffn(h)
-        return (frames(x).float() + frames(ff).float() * c_gate).type_as(x).view(b, n, d)
-
-    @staticmethod
-    def _self_attention(
-        attn: nn.Module,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        token_mask: torch.Tensor | None,
-        cache_step: _CacheStep | None,
-        layer: int,
-    ) -> torch.Tensor:
-        q = attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1))
-        k = attn.norm_k(attn.to_k(x)).unflatten(2, (attn.heads, -1))
-        v = attn.to_v(x).unflatten(2, (attn.heads, -1))
-        q = _apply_rotary(q, cos, sin).transpose(1, 2)  # (B, H, L, Dh)
-        # contiguous keys/values: torch.cat of transposed views is ~1000x slower on CPU, and the cache concatenates
-        k = _apply_rotary(k, cos, sin).transpose(1, 2).contiguous()
-        v = v.transpose(1, 2).contiguous()
-        if cache_step is not None:
-            past = cache_step.cache.gather(layer, cache_step.chunk_start)
-            if cache_step.write:
-                cache_step.cache.append(layer, k.detach(), v.detach())
-            if past is not None:
-                k = torch.cat([past[0].to(k.dtype), k], dim=2)
-                v = torch.cat([past[1].to(v.dtype), v], dim=2)
-        if token_mask is not None and not isinstance(token_mask, torch.Tensor):
-            out = _flex_attention()(q, k, v, block_mask=token_mask)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=token_mask)
-        out = out.transpose(1, 2).flatten(2, 3).type_as(x)
-        return attn.to_out[1](attn.to_out[0](out))
 
 
 def count_parameters(model: nn.Module) -> int:
