@@ -14,6 +14,7 @@ Shapes: latents (B, C, F, H, W); timesteps in [0, 1000] as floats; text context 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ from ardrag.models.attention import (
     CausalConfig,
     KVCache,
     expand_frame_mask,
+    frame_block_mask,
     frame_visible,
     teacher_forcing_frame_mask,
 )
@@ -137,6 +139,14 @@ class CausalWanBlock(WanTransformerBlock):
         return attn.to_out[1](attn.to_out[0](out))
 
 
+ATTENTION_BACKENDS = ("sdpa", "flex")
+"""How masked self-attention runs. 'sdpa': a dense boolean (tokens x tokens) mask, fine at toy scale but 4.3 GB at 21
+latent frames of 480x832 in the teacher-forcing layout. 'flex': a FlexAttention BlockMask built from the frame mask
+at block granularity (memory O(blocks^2), no token mask at all): use it for full-scale masked training on CUDA."""
+
+MAX_CACHED_BLOCK_MASKS = 8
+"""Block masks kept per model (keyed by shape and frame mask): a training run uses one or two layouts."""
+
 PREDICTION_TYPES = ("velocity", "sample")
 """What `proj_out` predicts. 'velocity' (Wan2.1's own): v = eps - x0. 'sample': the clean latent x0, returned as the
 velocity v = (x_s - x0_hat) / max(s, sample_sigma_min), so every caller still receives a velocity. For pixel-space
@@ -169,6 +179,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         cond_in_channels: int = 0,
         prediction_type: str = "velocity",
         sample_sigma_min: float = 0.05,
+        attention_backend: str = "sdpa",
     ) -> None:
         super().__init__(
             patch_size=patch_size,
@@ -190,14 +201,16 @@ class CausalWanTransformer(WanTransformer3DModel):
         )
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention_backend must be one of {ATTENTION_BACKENDS}, got {attention_backend!r}"
+            )
         self.cond_embedding = self._make_cond_embedding(cond_in_channels) if cond_in_channels > 0 else None
         # Same modules and parameters, new forward: re-classing (not rebuilding) keeps the initial weights and the
         # random stream of the base constructor, so a seed gives the same model as before.
         for block in self.blocks:
             block.__class__ = CausalWanBlock
-        # "sdpa": dense boolean token mask (fine at toy scale); "flex": FlexAttention block mask built from the
-        # frame mask, memory O(blocks) instead of O(tokens^2): use it for full-scale masked training on CUDA.
-        self.attention_backend = "sdpa"
+        self._block_masks: OrderedDict[tuple, BlockMask] = OrderedDict()  # flex masks per (shape, frame mask)
 
     # ------------------------------------------------------------------ construction helpers
     def _make_cond_embedding(self, channels: int) -> nn.Conv3d:
@@ -398,7 +411,7 @@ class CausalWanTransformer(WanTransformer3DModel):
 
         token_mask = None
         if frame_mask is not None and not bool(frame_mask.all()):
-            token_mask = self._token_mask(frame_mask.to(x.device), tpf, x.shape[1])
+            token_mask = self._token_mask(frame_mask.to(x.device), tpf)
 
         # 3. Transformer blocks, each called as a module (its own forward) so per-block wrappers apply
         for li, block in enumerate(self.blocks):
@@ -426,17 +439,28 @@ class CausalWanTransformer(WanTransformer3DModel):
         """The noise level s dividing (x_s - x0_hat) for 'sample' models: t / 1000, at least sample_sigma_min."""
         return (timestep.float() / 1000.0).clamp_min(self.config.get("sample_sigma_min", 0.05))
 
-    def _token_mask(self, frame_mask: torch.Tensor, tpf: int, n_tokens: int):
+    @property
+    def attention_backend(self) -> str:
+        return self.config.get("attention_backend", "sdpa")
+
+    @attention_backend.setter
+    def attention_backend(self, backend: str) -> None:
+        """Switch the masked-attention backend; recorded in the config so save_pretrained/exports keep it."""
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+        self.register_to_config(attention_backend=backend)
+
+    def _token_mask(self, frame_mask: torch.Tensor, tpf: int) -> torch.Tensor | BlockMask:
+        """The attention mask of a (F, F) frame mask: a dense token mask (sdpa) or a cached BlockMask (flex)."""
         if self.attention_backend == "sdpa":
             return expand_frame_mask(frame_mask, tpf)
-        if self.attention_backend != "flex":
-            raise ValueError(f"attention_backend must be 'sdpa' or 'flex', got {self.attention_backend!r}")
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return frame_mask[q_idx // tpf, kv_idx // tpf]
-
-        return create_block_mask(mask_mod, None, None, n_tokens, n_tokens, device=frame_mask.device)
+        key = (tpf, tuple(frame_mask.shape), str(frame_mask.device), frame_mask.cpu().numpy().tobytes())
+        if key not in self._block_masks:
+            self._block_masks[key] = frame_block_mask(frame_mask, tpf)
+            while len(self._block_masks) > MAX_CACHED_BLOCK_MASKS:
+                self._block_masks.popitem(last=False)
+        self._block_masks.move_to_end(key)
+        return self._block_masks[key]
 
 
 def count_parameters(model: nn.Module) -> int:

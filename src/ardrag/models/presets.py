@@ -57,7 +57,15 @@ def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
     unknown = (
         set(overrides)
         - set(cfg)
-        - {"cond_in_channels", "image_dim", "added_kv_proj_dim", "pos_embed_seq_len", "prediction_type", "sample_sigma_min"}
+        - {
+            "cond_in_channels",
+            "image_dim",
+            "added_kv_proj_dim",
+            "pos_embed_seq_len",
+            "prediction_type",
+            "sample_sigma_min",
+            "attention_backend",
+        }
     )
     if unknown:
         raise ValueError(f"unknown model config keys {sorted(unknown)}")
