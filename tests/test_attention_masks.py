@@ -38,7 +38,6 @@ def test_full_scale_teacher_forcing_block_mask_is_small():
     boolean mask would take 4.3 GB; the block mask holds a few (512 x 512) int32 tables."""
     mask = teacher_forcing_frame_mask(21, CausalConfig(chunk_size=3, cache_frames=7, sink_frames=1))
     bm = frame_block_mask(mask, 1560)
-    assert expand_frame_mask(mask[:1, :1], 1).numel() * (42 * 1560) ** 2 > 4.2e9  # what the dense one costs
     tables = [bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices]
     assert sum(t.numel() * t.element_size() for t in tables) < 4 * 1024 * 1024
     assert bm.shape[-2:] == (42 * 1560, 42 * 1560)
