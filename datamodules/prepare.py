@@ -437,8 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tracks", type=int)
     ap.add_argument("--samples-per-shard", type=int)
     ap.add_argument(
-        "--max-upscale", type=float, help="largest upscaling allowed to fill a bucket (default 2; smaller videos "
-        "are skipped and the report says which value admits each)"
+        "--max-upscale",
+        type=float,
+        help="largest upscaling allowed to fill a bucket (default 2; smaller videos "
+        "are skipped and the report says which value admits each)",
     )
     ap.add_argument("--retry-skipped", action="store_true", help="retry videos a previous run skipped")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from ardrag.tracking import track_points, track_points_flow
 from ardrag.video import atomic_write_bytes
@@ -37,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--toy-items", type=int, default=32)
     args = ap.parse_args(argv)
     res = {
-        "command": "python scripts/bench_tracker.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python scripts/bench_tracker.py "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "seed": args.seed,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, OpenCV {cv2.__version__}, "
         f"python {platform.python_version()}",
@@ -71,7 +71,7 @@ def _markdown(res: dict) -> str:
         f"command: `{res['command']}`  ",
         f"machine: {res['machine']}",
         "",
-        f"## Toy suite ground truth (test split, 17 frames, up to 8 targets per item)",
+        "## Toy suite ground truth (test split, 17 frames, up to 8 targets per item)",
         "",
         "Coverage and ObjMC as the benchmark pools them (frames 1..16, target-visible pairs). off >3 px: share of "
         "shown pairs more than 3 px from the truth; shown occluded: share of target-occluded pairs still shown.",

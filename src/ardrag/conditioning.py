@@ -40,27 +40,39 @@ def cond_channels(codec: Codec) -> int:
 
 
 def trajectory_heatmaps(
-    tracks: torch.Tensor, visible: torch.Tensor | None, height: int, width: int, sigma: float = 2.0
+    tracks: torch.Tensor,
+    visible: torch.Tensor | None,
+    height: int,
+    width: int,
+    sigma: float = 2.0,
+    frames_per_chunk: int = 8,
 ) -> torch.Tensor:
     """Render trajectories as a video of coloured Gaussian blobs.
 
     tracks: float (B, T, N, 2) (x, y) in pixels; visible: bool (B, T, N) or None (all visible); sigma in pixels.
     Returns float (B, 3, T, H, W) in [0, 1] (overlapping blobs saturate at 1).
+    A Gaussian blob is separable, exp(-dx^2 / 2s^2) exp(-dy^2 / 2s^2), so the sum over tracks of colour x blob is one
+    (H, N) x (N, W) product per frame and channel: nothing of size N x H x W is ever built, and frames are rendered
+    `frames_per_chunk` at a time into the output (memory: the output plus O(chunk (N (H + W) + H W))).
     """
     if tracks.ndim != 4 or tracks.shape[-1] != 2:
         raise ValueError(f"tracks must be (B, T, N, 2), got {tuple(tracks.shape)}")
     b, t, n, _ = tracks.shape
     dev = tracks.device
-    ys = torch.arange(height, device=dev, dtype=torch.float32).view(1, 1, 1, height, 1)
-    xs = torch.arange(width, device=dev, dtype=torch.float32).view(1, 1, 1, 1, width)
-    px = tracks[..., 0].float().view(b, t, n, 1, 1)
-    py = tracks[..., 1].float().view(b, t, n, 1, 1)
-    blobs = torch.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2 * sigma**2))  # (B, T, N, H, W)
-    if visible is not None:
-        blobs = blobs * visible.to(blobs.dtype).view(b, t, n, 1, 1)
+    ys = torch.arange(height, device=dev, dtype=torch.float32)
+    xs = torch.arange(width, device=dev, dtype=torch.float32)
     colours = PALETTE.to(dev)[torch.arange(n, device=dev) % len(PALETTE)]  # (N, 3)
-    video = torch.einsum("btnhw,nc->bcthw", blobs, colours)
-    return video.clamp(0, 1)
+    video = torch.empty(b, 3, t, height, width, device=dev)
+    for t0 in range(0, t, frames_per_chunk):
+        pts = tracks[:, t0 : t0 + frames_per_chunk].float()  # (B, c, N, 2)
+        gx = torch.exp(-((xs - pts[..., 0:1]) ** 2) / (2 * sigma**2))  # (B, c, N, W)
+        gy = torch.exp(-((ys - pts[..., 1:2]) ** 2) / (2 * sigma**2))  # (B, c, N, H)
+        if visible is not None:
+            gx = gx * visible[:, t0 : t0 + frames_per_chunk, :, None].to(gx.dtype)
+        # (B, c, 3, H, N) @ (B, c, 1, N, W): per frame and channel a sum over tracks, no (N, H, W) intermediate
+        rows = (gy[:, :, None] * colours.T[None, None, :, :, None]).transpose(-1, -2)
+        video[:, :, t0 : t0 + frames_per_chunk] = (rows @ gx[:, :, None]).transpose(1, 2).clamp_(0, 1)
+    return video
 
 
 def image_to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ from ardrag.sampling import (
     FlowSchedule,
     RolloutConfig,
     iter_rollout,
+    randn,
     sample_bidirectional,
 )
 from ardrag.text import TextEncoder, build_text_encoder
@@ -320,7 +321,7 @@ class ARDragPipeline:
         f = self.codec.num_latent_frames(t_valid)
         h, w = self.height // self.codec.spatial_factor, self.width // self.codec.spatial_factor
         g = torch.Generator().manual_seed(int(seed))
-        noise = torch.randn(1, self.codec.latent_channels, f, h, w, generator=g).to(self.device)
+        noise = randn((1, self.codec.latent_channels, f, h, w), g, self.device)
         return _Prepared(Conditions(ctx, cond, neg_ctx), noise, t, size, g)
 
     # ------------------------------------------------------------------ generation

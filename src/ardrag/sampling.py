@@ -113,7 +113,7 @@ def sde_step(
     mean = x32 * (1 + std**2 * dt / (2 * sigma)) + v32 * (1 + std**2 * (1 - sigma) / (2 * sigma)) * dt
     scale = std * math.sqrt(-dt)
     if prev_sample is None:
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        eps = randn(x.shape, generator, x.device)
         prev_sample = mean + scale * eps
     prev32 = prev_sample.detach().float()
     log_prob = -((prev32 - mean) ** 2) / (2 * scale**2) - math.log(scale) - 0.5 * math.log(2 * math.pi)

@@ -168,7 +168,9 @@ class _Templates:
         patch = _sample(img, pts, self.off)
         mean = np.einsum("np,npc->nc", w, patch)
         var = np.einsum("np,npc,npc->n", w, patch, patch) - np.einsum("nc,nc->n", mean, mean)
-        out = np.einsum("npc,npc->n", self.wt[idx], patch) / np.maximum(self.tn[idx] * np.sqrt(np.maximum(var, 0)), 1e-6)
+        out = np.einsum("npc,npc->n", self.wt[idx], patch) / np.maximum(
+            self.tn[idx] * np.sqrt(np.maximum(var, 0)), 1e-6
+        )
         return np.where(self.flat[idx], 1.0, out)
 
     def refine(self, img: np.ndarray, pts: np.ndarray, idx: np.ndarray, iters: int) -> np.ndarray:
@@ -191,8 +193,13 @@ def _sample(img: np.ndarray, pts: np.ndarray, off: np.ndarray) -> np.ndarray:
     """Bilinear samples of float32 (H, W, C) ``img`` at points (N, 2) + offsets (P, 2) -> (N, P, C)."""
     map_x = pts[:, :1] + off[None, :, 0]
     map_y = pts[:, 1:2] + off[None, :, 1]
-    out = cv2.remap(img, map_x.astype(np.float32), map_y.astype(np.float32), cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REPLICATE)
+    out = cv2.remap(
+        img,
+        map_x.astype(np.float32),
+        map_y.astype(np.float32),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     return out.reshape(len(pts), len(off), -1)
 
 
@@ -266,7 +273,13 @@ class _Visibility:
         self.est = points.copy()
 
     def update(
-        self, i: int, idx: np.ndarray, new: np.ndarray, alive: np.ndarray, match: np.ndarray, strict: np.ndarray
+        self,
+        i: int,
+        idx: np.ndarray,
+        new: np.ndarray,
+        alive: np.ndarray,
+        match: np.ndarray,
+        strict: np.ndarray,
     ) -> None:
         """Frame i: followed points ``idx`` moved to ``new``; ``alive`` False ends following; ``match`` keeps a
         shown point shown; ``strict`` (a closer match) counts towards showing a hidden point again."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask
 
 
 @dataclass
@@ -77,6 +78,45 @@ def teacher_forcing_frame_mask(
 def expand_frame_mask(frame_mask: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
     """(Fq, Fk) frame mask -> (Fq*T, Fk*T) token mask for scaled_dot_product_attention."""
     return frame_mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+
+
+def frame_block_mask(frame_mask: torch.Tensor, tokens_per_frame: int, block_size: int = 128) -> BlockMask:
+    """(Fq, Fk) frame mask -> FlexAttention BlockMask over (Fq*T, Fk*T) tokens, without any token-level mask.
+
+    A (block_size x block_size) tile of the token grid spans a rectangle of frames; it is skipped when no frame
+    pair in it is visible, run without a mask when all are ("full"), and masked by `mask_mod` otherwise. Rectangle
+    counts come from a summed-area table of the frame mask, so memory is O(blocks^2), not O(tokens^2).
+    """
+    dev, t = frame_mask.device, tokens_per_frame
+    fq, fk = frame_mask.shape
+
+    def frame_span(n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:  # first and last frame of each tile
+        start = torch.arange(0, n_tokens, block_size, device=dev)
+        end = (start + block_size).clamp(max=n_tokens) - 1
+        return start // t, end // t
+
+    (q0, q1), (k0, k1) = frame_span(fq * t), frame_span(fk * t)
+    table = torch.zeros(fq + 1, fk + 1, dtype=torch.int64, device=dev)
+    table[1:, 1:] = frame_mask.long().cumsum(0).cumsum(1)
+    visible = (
+        table[q1 + 1][:, k1 + 1] - table[q0][:, k1 + 1] - table[q1 + 1][:, k0] + table[q0][:, k0]
+    )  # (q tiles, kv tiles): visible frame pairs in each tile's rectangle
+    area = (q1 - q0 + 1)[:, None] * (k1 - k0 + 1)[None, :]
+    full = visible == area
+    partial = (visible > 0) & ~full
+
+    def listed(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # counts and kv-tile indices, first
+        order = torch.argsort((~tiles).to(torch.int8), dim=-1, stable=True)
+        return tiles.sum(-1).to(torch.int32)[None, None], order.to(torch.int32)[None, None]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return frame_mask[q_idx // t, kv_idx // t]
+
+    num, idx = listed(partial)
+    full_num, full_idx = listed(full)
+    return BlockMask.from_kv_blocks(
+        num, idx, full_num, full_idx, BLOCK_SIZE=block_size, mask_mod=mask_mod, seq_lengths=(fq * t, fk * t)
+    )
 
 
 @dataclass

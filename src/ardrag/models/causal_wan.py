@@ -14,6 +14,7 @@ Shapes: latents (B, C, F, H, W); timesteps in [0, 1000] as floats; text context 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +22,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel, WanTransformerBlock
+from torch.nn.attention.flex_attention import BlockMask
 from torch.utils.checkpoint import checkpoint
 
 from ardrag.models.attention import (
     CausalConfig,
     KVCache,
     expand_frame_mask,
+    frame_block_mask,
     frame_visible,
     teacher_forcing_frame_mask,
 )
@@ -60,6 +63,89 @@ def _flex_attention():
         _FLEX["fn"] = torch.compile(flex_attention) if torch.cuda.is_available() else flex_attention
     return _FLEX["fn"]
 
+
+class CausalWanBlock(WanTransformerBlock):
+    """diffusers' Wan block with per-frame adaLN modulation, masked or cached self-attention and RoPE at absolute
+    frame positions. Same submodules and parameter names as `WanTransformerBlock` (real Wan2.1 weights load), and
+    every layout runs through this module's own `forward`, so per-block wrappers (FSDP2 `fully_shard`, activation
+    checkpointing, `torch.compile`) see each block as one unit."""
+
+    def forward(  # type: ignore[override]
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        tproj: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | BlockMask | None = None,
+        cache_step: _CacheStep | None = None,
+        layer: int = 0,
+        tokens_per_frame: int | None = None,
+    ) -> torch.Tensor:
+        """hidden_states: (B, F*tpf, D) frame-major tokens; encoder_hidden_states: (B, L, D) context;
+        tproj: (B, F, 6, D) per-frame modulation; cos, sin: (1, F*tpf, 1, head_dim); attn_mask: dense boolean
+        (tokens, tokens) for SDPA or a FlexAttention BlockMask; cache_step: read/append `layer`'s KV cache."""
+        x = hidden_states
+        b, n, d = x.shape
+        f = tproj.shape[1]
+        tpf = tokens_per_frame or n // f
+        mod = self.scale_shift_table[None].float() + tproj.float()  # (B, F, 6, D)
+        shift, scale, gate, c_shift, c_scale, c_gate = (m[:, :, None] for m in mod.unbind(2))  # (B, F, 1, D)
+
+        def frames(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, f, tpf, d)
+
+        # 1. Self-attention (masked, or over the cached window)
+        h = (self.norm1(frames(x).float()) * (1 + scale) + shift).type_as(x).view(b, n, d)
+        a = self._self_attention(h, cos, sin, attn_mask, cache_step, layer)
+        x = (frames(x).float() + frames(a) * gate).type_as(x).view(b, n, d)
+        # 2. Cross-attention to the text (and image) context
+        h = self.norm2(x.float()).type_as(x)
+        x = x + self.attn2(h, encoder_hidden_states, None, None)
+        # 3. Feed-forward
+        h = (self.norm3(frames(x).float()) * (1 + c_scale) + c_shift).type_as(x).view(b, n, d)
+        ff = self.ffn(h)
+        return (frames(x).float() + frames(ff).float() * c_gate).type_as(x).view(b, n, d)
+
+    def _self_attention(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | BlockMask | None,
+        cache_step: _CacheStep | None,
+        layer: int,
+    ) -> torch.Tensor:
+        attn = self.attn1
+        q = attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1))
+        k = attn.norm_k(attn.to_k(x)).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(x).unflatten(2, (attn.heads, -1))
+        q = _apply_rotary(q, cos, sin).transpose(1, 2)  # (B, H, L, Dh)
+        # contiguous keys/values: torch.cat of transposed views is ~1000x slower on CPU, and the cache concatenates
+        k = _apply_rotary(k, cos, sin).transpose(1, 2).contiguous()
+        v = v.transpose(1, 2).contiguous()
+        if cache_step is not None:
+            past = cache_step.cache.gather(layer, cache_step.chunk_start)
+            if cache_step.write:
+                cache_step.cache.append(layer, k.detach(), v.detach())
+            if past is not None:
+                k = torch.cat([past[0].to(k.dtype), k], dim=2)
+                v = torch.cat([past[1].to(v.dtype), v], dim=2)
+        if isinstance(attn_mask, BlockMask):
+            out = _flex_attention()(q, k, v, block_mask=attn_mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(x)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+ATTENTION_BACKENDS = ("sdpa", "flex")
+"""How masked self-attention runs. 'sdpa': a dense boolean (tokens x tokens) mask, fine at toy scale but 4.3 GB at 21
+latent frames of 480x832 in the teacher-forcing layout. 'flex': a FlexAttention BlockMask built from the frame mask
+at block granularity (memory O(blocks^2), no token mask at all): use it for full-scale masked training on CUDA."""
+
+MAX_CACHED_BLOCK_MASKS = 8
+"""Block masks kept per model (keyed by shape and frame mask): a training run uses one or two layouts."""
 
 PREDICTION_TYPES = ("velocity", "sample")
 """What `proj_out` predicts. 'velocity' (Wan2.1's own): v = eps - x0. 'sample': the clean latent x0, returned as the
@@ -97,6 +183,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         prediction_type: str = "velocity",
         sample_sigma_min: float = 0.05,
         sample_base: tuple[int, int] | None = None,
+        attention_backend: str = "sdpa",
     ) -> None:
         super().__init__(
             patch_size=patch_size,
@@ -124,10 +211,16 @@ class CausalWanTransformer(WanTransformer3DModel):
             raise ValueError(
                 f"sample_base {sample_base} needs prediction_type 'sample' and a channel range [a, b)"
             )
+        if attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention_backend must be one of {ATTENTION_BACKENDS}, got {attention_backend!r}"
+            )
         self.cond_embedding = self._make_cond_embedding(cond_in_channels) if cond_in_channels > 0 else None
-        # "sdpa": dense boolean token mask (fine at toy scale); "flex": FlexAttention block mask built from the
-        # frame mask, memory O(blocks) instead of O(tokens^2): use it for full-scale masked training on CUDA.
-        self.attention_backend = "sdpa"
+        # Same modules and parameters, new forward: re-classing (not rebuilding) keeps the initial weights and the
+        # random stream of the base constructor, so a seed gives the same model as before.
+        for block in self.blocks:
+            block.__class__ = CausalWanBlock
+        self._block_masks: OrderedDict[tuple, BlockMask] = OrderedDict()  # flex masks per (shape, frame mask)
 
     # ------------------------------------------------------------------ construction helpers
     def _make_cond_embedding(self, channels: int) -> nn.Conv3d:
@@ -328,27 +421,16 @@ class CausalWanTransformer(WanTransformer3DModel):
 
         token_mask = None
         if frame_mask is not None and not bool(frame_mask.all()):
-            token_mask = self._token_mask(frame_mask.to(x.device), tpf, x.shape[1])
+            token_mask = self._token_mask(frame_mask.to(x.device), tpf)
 
-        # 3. Transformer blocks
+        # 3. Transformer blocks, each called as a module (its own forward) so per-block wrappers apply
         for li, block in enumerate(self.blocks):
             if torch.is_grad_enabled() and self.gradient_checkpointing and cache_step is None:
                 x = checkpoint(
-                    self._block,
-                    block,
-                    li,
-                    x,
-                    context,
-                    tproj,
-                    cos,
-                    sin,
-                    token_mask,
-                    None,
-                    tpf,
-                    use_reentrant=False,
+                    block, x, context, tproj, cos, sin, token_mask, None, li, tpf, use_reentrant=False
                 )
             else:
-                x = self._block(block, li, x, context, tproj, cos, sin, token_mask, cache_step, tpf)
+                x = block(x, context, tproj, cos, sin, token_mask, cache_step, li, tpf)
 
         # 4. Output norm (per-frame modulation), projection and unpatchify
         mod = self.scale_shift_table[None].float() + temb[:, :, None].float()  # (B, F, 2, D)
@@ -372,82 +454,28 @@ class CausalWanTransformer(WanTransformer3DModel):
         """The noise level s dividing (x_s - x0_hat) for 'sample' models: t / 1000, at least sample_sigma_min."""
         return (timestep.float() / 1000.0).clamp_min(self.config.get("sample_sigma_min", 0.05))
 
-    def _token_mask(self, frame_mask: torch.Tensor, tpf: int, n_tokens: int):
+    @property
+    def attention_backend(self) -> str:
+        return self.config.get("attention_backend", "sdpa")
+
+    @attention_backend.setter
+    def attention_backend(self, backend: str) -> None:
+        """Switch the masked-attention backend; recorded in the config so save_pretrained/exports keep it."""
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+        self.register_to_config(attention_backend=backend)
+
+    def _token_mask(self, frame_mask: torch.Tensor, tpf: int) -> torch.Tensor | BlockMask:
+        """The attention mask of a (F, F) frame mask: a dense token mask (sdpa) or a cached BlockMask (flex)."""
         if self.attention_backend == "sdpa":
             return expand_frame_mask(frame_mask, tpf)
-        if self.attention_backend != "flex":
-            raise ValueError(f"attention_backend must be 'sdpa' or 'flex', got {self.attention_backend!r}")
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return frame_mask[q_idx // tpf, kv_idx // tpf]
-
-        return create_block_mask(mask_mod, None, None, n_tokens, n_tokens, device=frame_mask.device)
-
-    def _block(
-        self,
-        block: WanTransformerBlock,
-        layer: int,
-        x: torch.Tensor,
-        context: torch.Tensor,
-        tproj: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        token_mask: torch.Tensor | None,
-        cache_step: _CacheStep | None,
-        tpf: int,
-    ) -> torch.Tensor:
-        """One Wan block with per-frame modulation (same parameters and math as diffusers' block)."""
-        b, n, d = x.shape
-        f = n // tpf
-        mod = block.scale_shift_table[None].float() + tproj.float()  # (B, F, 6, D)
-        shift, scale, gate, c_shift, c_scale, c_gate = (m[:, :, None] for m in mod.unbind(2))  # (B, F, 1, D)
-
-        def frames(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, f, tpf, d)
-
-        # 1. Self-attention (masked, or over the cached window)
-        h = (block.norm1(frames(x).float()) * (1 + scale) + shift).type_as(x).view(b, n, d)
-        a = self._self_attention(block.attn1, h, cos, sin, token_mask, cache_step, layer)
-        x = (frames(x).float() + frames(a) * gate).type_as(x).view(b, n, d)
-        # 2. Cross-attention to the text (and image) context
-        h = block.norm2(x.float()).type_as(x)
-        x = x + block.attn2(h, context, None, None)
-        # 3. Feed-forward
-        h = (block.norm3(frames(x).float()) * (1 + c_scale) + c_shift).type_as(x).view(b, n, d)
-        ff = block.ffn(h)
-        return (frames(x).float() + frames(ff).float() * c_gate).type_as(x).view(b, n, d)
-
-    @staticmethod
-    def _self_attention(
-        attn: nn.Module,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        token_mask: torch.Tensor | None,
-        cache_step: _CacheStep | None,
-        layer: int,
-    ) -> torch.Tensor:
-        q = attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1))
-        k = attn.norm_k(attn.to_k(x)).unflatten(2, (attn.heads, -1))
-        v = attn.to_v(x).unflatten(2, (attn.heads, -1))
-        q = _apply_rotary(q, cos, sin).transpose(1, 2)  # (B, H, L, Dh)
-        # contiguous keys/values: torch.cat of transposed views is ~1000x slower on CPU, and the cache concatenates
-        k = _apply_rotary(k, cos, sin).transpose(1, 2).contiguous()
-        v = v.transpose(1, 2).contiguous()
-        if cache_step is not None:
-            past = cache_step.cache.gather(layer, cache_step.chunk_start)
-            if cache_step.write:
-                cache_step.cache.append(layer, k.detach(), v.detach())
-            if past is not None:
-                k = torch.cat([past[0].to(k.dtype), k], dim=2)
-                v = torch.cat([past[1].to(v.dtype), v], dim=2)
-        if token_mask is not None and not isinstance(token_mask, torch.Tensor):
-            out = _flex_attention()(q, k, v, block_mask=token_mask)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=token_mask)
-        out = out.transpose(1, 2).flatten(2, 3).type_as(x)
-        return attn.to_out[1](attn.to_out[0](out))
+        key = (tpf, tuple(frame_mask.shape), str(frame_mask.device), frame_mask.cpu().numpy().tobytes())
+        if key not in self._block_masks:
+            self._block_masks[key] = frame_block_mask(frame_mask, tpf)
+            while len(self._block_masks) > MAX_CACHED_BLOCK_MASKS:
+                self._block_masks.popitem(last=False)
+        self._block_masks.move_to_end(key)
+        return self._block_masks[key]
 
 
 def count_parameters(model: nn.Module) -> int:

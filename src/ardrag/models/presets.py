@@ -65,6 +65,7 @@ def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
             "prediction_type",
             "sample_sigma_min",
             "sample_base",
+            "attention_backend",
         }
     )
     if unknown:
