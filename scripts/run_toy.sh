@@ -5,6 +5,7 @@
 #      TensorBoard logs in $RUNS/rl/tb, checkpoints in $RUNS/rl/checkpoints, the exported pipeline in $RUNS/rl/export)
 #   3. samples: a GIF of toy test clips, ground truth / the SFT student / this run's RL export, drags drawn
 # Run from the repository root after `bash scripts/setup.sh`. Writes only to $RUNS (default runs/toy, git-ignored).
+# Extra arguments go to ardrag-fit, e.g. `bash scripts/run_toy.sh --trainer.max_steps=20` for a quick look.
 # The whole recipe from scratch (teacher, SFT students, RL, tables): scripts/toy_recipe.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ ardrag-toyworld "$DATA"
 
 echo "== 2/3 RL: ardrag-fit --config configs/toy/rl.yaml (from results/toy/checkpoints/sft) -> $RUNS/rl"
 ardrag-fit --config configs/toy/rl.yaml --trainer.default_root_dir="$RUNS/rl" --ckpt_path last \
-  --data.init_args.train_shards="$DATA/train" --data.init_args.val_shards="$DATA/val"
+  --data.init_args.train_shards="$DATA/train" --data.init_args.val_shards="$DATA/val" "$@"
 
 echo "== 3/3 samples: $RUNS/samples/rl.gif"
 python scripts/sample_strip.py --suite "$DATA/test" --items 4 --seed 0 \
