@@ -110,6 +110,11 @@ def normalise_config(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(
                 f"methods[{i}] needs a 'spec' (static, warp, groundtruth, videos:DIR, pipeline:DIR)"
             )
+        unknown = set(m) - {"name", "spec", "tables", "options"}
+        if unknown:  # e.g. an unquoted YAML name with a comma: {name: A (b, c), ...} makes " c)" a key
+            raise ConfigError(
+                f"methods[{i}]: unknown keys {sorted(map(str, unknown))} (quote names that contain commas)"
+            )
         row = {"name": m.get("name", m["spec"]), "spec": m["spec"], "tables": m.get("tables", ["table1"])}
         row["options"] = m.get("options", {}) or {}
         bad = set(row["tables"]) - {"table1", "table2"}

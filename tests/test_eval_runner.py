@@ -197,6 +197,14 @@ def test_cli_rejects_bad_config_with_one_line(tmp_path, capsys):
     assert ev.main(["--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown method spec 'magic'" in err
+    # an unquoted YAML name with a comma splits the row: refused, not a silently truncated name
+    bad.write_text(
+        f"suite: {{name: x, path: {tmp_path}/none}}\nseeds: [0, 1, 2]\n"
+        "methods: [{name: Teacher (bidirectional, 20 steps), spec: static}]\n"
+    )
+    assert ev.main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "quote names that contain commas" in err
 
 
 def test_set_level_feature_path_reuses_real_features(monkeypatch):
