@@ -26,24 +26,33 @@ def _scalars(run: Path) -> dict[str, list[float]]:
     return {tag: list(v.values()) for tag, v in scalars(run).items()}
 
 
-def test_toy_rl_config_runs_grpo_steps_and_exports(setup, tmp_path):
-    out = tmp_path / "run"
-    rc = fit_main(
+def _fit_toy_rl(setup: Path, out: Path, *overrides: str) -> int:
+    """ardrag-fit on configs/toy/rl.yaml from the tiny export, on the small toy world, with `overrides`."""
+    return fit_main(
         [
             "--config",
             str(ROOT / "configs/toy/rl.yaml"),
             f"--trainer.default_root_dir={out}",
-            "--trainer.max_steps=4",
-            "--trainer.log_every_n_steps=1",
             "--trainer.enable_progress_bar=false",
             "--trainer.callbacks=[]",
             f"--model.init_args.init={setup / 'init'}",
-            "--model.init_args.grpo.group_size=2",
             f"--data.init_args.train_shards={setup / 'train'}",
             f"--data.init_args.val_shards={setup / 'val'}",
             "--data.init_args.num_workers=0",
-            "--data.init_args.num_frames=9",
+            *overrides,
         ]
+    )
+
+
+def test_toy_rl_config_runs_grpo_steps_and_exports(setup, tmp_path):
+    out = tmp_path / "run"
+    rc = _fit_toy_rl(
+        setup,
+        out,
+        "--trainer.max_steps=4",
+        "--trainer.log_every_n_steps=1",
+        "--model.init_args.grpo.group_size=2",
+        "--data.init_args.num_frames=9",
     )
     assert rc == 0
     s = _scalars(out)
@@ -74,24 +83,15 @@ def test_lora_trains_only_adapters_and_exports_them_folded_in(setup, tmp_path):
 
     base = ARDragPipeline.from_pretrained(setup / "init").transformer.state_dict()
     out = tmp_path / "run"
-    rc = fit_main(
-        [
-            "--config",
-            str(ROOT / "configs/toy/rl.yaml"),
-            f"--trainer.default_root_dir={out}",
-            "--trainer.max_steps=2",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.callbacks=[]",
-            f"--model.init_args.init={setup / 'init'}",
-            "--model.init_args.grpo.group_size=2",
-            "--model.init_args.lora.rank=4",
-            "--model.init_args.optim.lr=1e-2",
-            f"--data.init_args.train_shards={setup / 'train'}",
-            f"--data.init_args.val_shards={setup / 'val'}",
-            "--data.init_args.num_workers=0",
-            "--data.init_args.batch_size=1",
-            "--data.init_args.num_frames=5",
-        ]
+    rc = _fit_toy_rl(
+        setup,
+        out,
+        "--trainer.max_steps=2",
+        "--model.init_args.grpo.group_size=2",
+        "--model.init_args.lora.rank=4",
+        "--model.init_args.optim.lr=1e-2",
+        "--data.init_args.batch_size=1",
+        "--data.init_args.num_frames=5",
     )
     assert rc == 0
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -122,30 +122,21 @@ def test_short_grpo_run_raises_a_pluggable_reward(setup, tmp_path):
     toy run's reward curve, results/toy/reward_curve.png); brightness is learnable from a random tiny model."""
     out = tmp_path / "run"
     batches = 12  # max_steps counts optimizer steps: batches x inner_updates (2)
-    rc = fit_main(
-        [
-            "--config",
-            str(ROOT / "configs/toy/rl.yaml"),
-            f"--trainer.default_root_dir={out}",
-            f"--trainer.max_steps={2 * batches}",
-            "--trainer.log_every_n_steps=1",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.callbacks=[]",
-            f"--model.init_args.init={setup / 'init'}",
-            "--model.init_args.grpo.group_size=4",
-            "--model.init_args.grpo.inner_updates=2",
-            "--model.init_args.grpo.clip_range=0.2",
-            "--model.init_args.grpo.kl_weight=0.0",
-            "--model.init_args.reward.motion=0.0",
-            "--model.init_args.reward.quality=0.0",
-            '--model.init_args.reward.extra={"test_rl:brightness": 1.0}',
-            "--model.init_args.optim.lr=3e-3",
-            f"--data.init_args.train_shards={setup / 'train'}",
-            f"--data.init_args.val_shards={setup / 'val'}",
-            "--data.init_args.num_workers=0",
-            "--data.init_args.batch_size=1",
-            "--data.init_args.num_frames=5",
-        ]
+    rc = _fit_toy_rl(
+        setup,
+        out,
+        f"--trainer.max_steps={2 * batches}",
+        "--trainer.log_every_n_steps=1",
+        "--model.init_args.grpo.group_size=4",
+        "--model.init_args.grpo.inner_updates=2",
+        "--model.init_args.grpo.clip_range=0.2",
+        "--model.init_args.grpo.kl_weight=0.0",
+        "--model.init_args.reward.motion=0.0",
+        "--model.init_args.reward.quality=0.0",
+        '--model.init_args.reward.extra={"test_rl:brightness": 1.0}',
+        "--model.init_args.optim.lr=3e-3",
+        "--data.init_args.batch_size=1",
+        "--data.init_args.num_frames=5",
     )
     assert rc == 0
     r = _scalars(out)["train/reward/brightness"]
