@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ardrag.training.tblog import read_run_scalars
 from ardrag.video import atomic_write_bytes
 
 
@@ -23,19 +24,9 @@ def read_scalars(run_dir: Path, prefix: str) -> dict[str, tuple[np.ndarray, np.n
 
     Later events for the same step win (a resumed run rewrites the steps after its checkpoint).
     """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    files = sorted(run_dir.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
-    if not files:
+    if not any(run_dir.rglob("events.out.tfevents.*")):
         raise SystemExit(f"no TensorBoard events files under {run_dir}")
-    merged: dict[str, dict[int, float]] = {}
-    for f in files:
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags().get("scalars", []):
-            if tag.startswith(prefix):
-                for ev in acc.Scalars(tag):
-                    merged.setdefault(tag, {})[int(ev.step)] = float(ev.value)
+    merged, _ = read_run_scalars(run_dir, prefix)
     return {
         tag: (np.array(sorted(d)), np.array([d[s] for s in sorted(d)])) for tag, d in sorted(merged.items())
     }

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from ardrag.hardware import hardware_string
+from ardrag.training.tblog import read_run_scalars
 from ardrag.video import atomic_write_bytes
 
 TAGS = (
@@ -28,25 +29,6 @@ TAGS = (
     "train/reward/total",
     "train/kl",
 )
-
-
-def read_events(run: Path) -> tuple[dict[str, list[tuple[int, float]]], float]:
-    """({tag: [(step, value)]}, wall seconds summed over event files) from every events file under run/tb."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, dict[int, float]] = {}
-    wall = 0.0
-    for f in sorted(run.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
-        acc.Reload()
-        times = []
-        for tag in acc.Tags()["scalars"]:
-            ev = acc.Scalars(tag)
-            out.setdefault(tag, {}).update({e.step: e.value for e in ev})
-            times += [e.wall_time for e in ev]
-        if times:
-            wall += max(times) - min(times)
-    return {k: sorted(v.items()) for k, v in out.items()}, wall
 
 
 def summary(points: list[tuple[int, float]], k: int = 5) -> str:
@@ -76,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = yaml.safe_load((run / "tb" / "config.yaml").read_text())
     ckpts = sorted((run / "checkpoints").glob("step*.ckpt"))
     steps = int(ckpts[-1].stem.removeprefix("step")) if ckpts else None
-    scal, wall = read_events(run)
+    merged, wall = read_run_scalars(run)
+    scal = {tag: sorted(v.items()) for tag, v in merged.items()}
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     model = cfg.get("model", {})
     lines = [

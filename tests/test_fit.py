@@ -77,15 +77,9 @@ def _args(toy: Path, out: Path, steps: int, *extra: str) -> list[str]:
 
 def scalars(run: Path) -> dict[str, dict[int, float]]:
     """{tag: {step: value}} from every TensorBoard events file of a run (a resumed run's later file wins)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from ardrag.training.tblog import read_run_scalars
 
-    out: dict[str, dict[int, float]] = {}
-    for f in sorted(run.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
-    return out
+    return read_run_scalars(run)[0]
 
 
 def _losses(run: Path) -> dict[int, float]:

@@ -37,17 +37,14 @@ def _scratch(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow  # ~45 s on a busy 2-core CPU: one export and two toy generations in fresh interpreters
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_generate_section_and_python_snippet_run_as_written(tmp_path):
     env = _scratch(tmp_path)
     (bash,) = _blocks(_section("Generate"), "bash")
-    proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", bash],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _run(["bash", "-euo", "pipefail", "-c", bash], tmp_path, env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     from ardrag.video import read_video
 
@@ -59,14 +56,8 @@ def test_generate_section_and_python_snippet_run_as_written(tmp_path):
     assert len(video) == tracks_nt.shape[1]  # T frames: the file's tracks are (N, T, 2)
 
     (snippet,) = _blocks(_section("Generate"), "python")
-    proc = subprocess.run(
-        [sys.executable, "-c", snippet + "\nprint(tracks.shape, video.shape, frame0.shape, frame1.shape)"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    snippet += "\nprint(tracks.shape, video.shape, frame0.shape, frame1.shape)"
+    proc = _run([sys.executable, "-c", snippet], tmp_path, env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     n, t = tracks_nt.shape[:2]
     h, w = video.shape[1:3]
