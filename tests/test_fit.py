@@ -133,6 +133,38 @@ def test_teacher_loss_falls_on_a_fixed_batch(toy):
     assert after <= 0.7 * before, (before, after)  # >= 30% lower on the same batch and noise
 
 
+@pytest.mark.parametrize("prediction_type", ["velocity", "sample"])
+def test_sample_weighting_is_the_x0_error(toy, prediction_type):
+    """loss.weighting = sample averages ||x0_hat - x0||^2 (x0_hat = x_s - s v_hat, s clamped as the model does),
+    whatever the backbone predicts; velocity weighting is the plain velocity error."""
+    from ardrag.training.teacher import TeacherLoss
+
+    overrides = {"prediction_type": prediction_type}
+    if prediction_type == "sample":
+        overrides["sample_base"] = [48, 96]  # condition channels [trajectory 48 | reference 48 | mask]
+    init = ModelInit(pipeline_config=str(toy / "pipeline.json"), preset="tiny", preset_overrides=overrides)
+    m = TeacherModule(model=init, loss=TeacherLoss(weighting="sample"))
+    m_v = TeacherModule(model=init, loss=TeacherLoss(weighting="velocity"))
+    dm = ARDragDataModule(train_shards=str(toy / "train"), val_shards=None, batch_size=3, num_workers=0)
+    x0, conds = m.conditions(next(iter(dm.train_dataloader())))
+    sigma = torch.tensor([0.02, 0.3, 0.9])  # 0.02 is below the x0-model's clamp (0.05)
+    with torch.no_grad():
+        got = m.flow_matching_loss(x0, conds, torch.Generator().manual_seed(5), sigma)
+        got_v = m_v.flow_matching_loss(x0, conds, torch.Generator().manual_seed(5), sigma)
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+        s = sigma.view(-1, 1, 1, 1, 1)
+        x_s = (1 - s) * x0 + s * eps
+        v = m.transformer(x_s, sigma * 1000, conds.context, cond=conds.cond).float()
+        s_conv = s.clamp_min(0.05) if prediction_type == "sample" else s
+        x0_hat = x_s - s_conv * v
+        want = ((x0_hat - x0) ** 2).mean()
+        want_v = ((v - (x_s - x0) / s_conv) ** 2).mean()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(got_v, want_v, rtol=1e-4, atol=1e-7)
+    if prediction_type == "sample":  # x0 error / s: the 1 / s^2 weight of the velocity loss dominates at s = 0.02
+        assert float(got_v) > 10 * float(got), (float(got_v), float(got))
+
+
 def test_resume_gives_the_uninterrupted_losses_and_exports(toy, tmp_path):
     full, parts = tmp_path / "full", tmp_path / "parts"
     assert fit_main(_args(toy, full, 6)) == 0

@@ -70,6 +70,11 @@ class TeacherLoss:
     """Chance to replace a sample's prompt by the negative prompt (unconditional text for CFG)."""
     trajectory_dropout: float = 0.1
     """Chance to zero a sample's trajectory channels (the reference image is always kept)."""
+    weighting: str = "velocity"
+    """Space the squared error is averaged in: `velocity` (||v_hat - v||^2, the flow-matching loss) or `sample`
+    (||x0_hat - x0||^2 = s^2 ||v_hat - v||^2, s clamped as the model converts). With an x0-predicting backbone the
+    velocity loss weights a sample by 1 / s^2 (up to 400 at s = 0.05), so the few low-noise draws of a batch swamp
+    the high-noise ones where the motion (the layout) is decided; `sample` weights every level alike."""
 
 
 @dataclass
@@ -106,6 +111,8 @@ class TeacherModule(StageModule):
         self.optim_cfg = optim or TeacherOptim()
         self.loss_cfg = loss or TeacherLoss()
         self.sampling_cfg = sampling or TeacherSampling()
+        if self.loss_cfg.weighting not in ("velocity", "sample"):
+            raise ValueError(f"loss.weighting must be 'velocity' or 'sample', got {self.loss_cfg.weighting!r}")
         pipe = build_pipeline(self.init_cfg)
         self.transformer = pipe.transformer.train().requires_grad_(True)
         self.ema = make_ema(self.transformer, self.optim_cfg.ema_decay)
@@ -145,7 +152,13 @@ class TeacherModule(StageModule):
         x_s = (1 - s) * x0 + s * eps
         v = self.transformer(x_s, sigma * NUM_TRAIN_TIMESTEPS, conds.context, cond=conds.cond)
         target = velocity_target(self.transformer, x_s, x0, eps, s)
-        return torch.nn.functional.mse_loss(v.float(), target)
+        err = (v.float() - target) ** 2
+        if self.loss_cfg.weighting == "sample":
+            s_min = self.transformer.config.get("sample_sigma_min", 0.05)
+            if self.transformer.config.get("prediction_type", "velocity") == "sample":
+                s = s.clamp_min(s_min)
+            err = err * s.float() ** 2
+        return err.mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         g = self.step_generator()
