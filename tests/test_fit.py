@@ -141,7 +141,9 @@ def test_sample_weighting_is_the_x0_error(toy, prediction_type):
 
     overrides = {"prediction_type": prediction_type}
     if prediction_type == "sample":
-        overrides["sample_base"] = [48, 96]  # condition channels [trajectory 48 | reference 48 | mask]
+        c = json.loads((toy / "pipeline.json").read_text())["codec"]
+        c = len(c["basis"]) if c["type"] == "pca" else 3 * c["factor"] ** 2
+        overrides["sample_base"] = [c, 2 * c]  # condition channels [trajectory c | reference c | mask]
     init = ModelInit(pipeline_config=str(toy / "pipeline.json"), preset="tiny", preset_overrides=overrides)
     m = TeacherModule(model=init, loss=TeacherLoss(weighting="sample"))
     m_v = TeacherModule(model=init, loss=TeacherLoss(weighting="velocity"))
