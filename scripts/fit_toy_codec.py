@@ -45,7 +45,9 @@ def dump(cfg: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(ROOT / "configs/pipeline/toy.json"), help="pipeline JSON to update")
+    ap.add_argument(
+        "--config", default=str(ROOT / "configs/pipeline/toy.json"), help="pipeline JSON to update"
+    )
     ap.add_argument("--clips", type=int, default=64, help="training clips the fit sees")
     ap.add_argument("--channels", type=int, default=12, help="principal components kept (latent channels)")
     ap.add_argument("--factor", type=int, default=4, help="space-to-depth factor (latent stride)")

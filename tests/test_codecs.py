@@ -61,7 +61,9 @@ def test_pca_codec_fit_reconstructs_toy_frames_and_round_trips_its_description()
     torch.testing.assert_close(again.decode(z), codec.decode(z), atol=1e-4, rtol=0)
     dec = again.stream_decoder()
     video = torch.randn(1, 12, 3, 16, 16)
-    torch.testing.assert_close(torch.cat([dec(video[:, :, i : i + 1]) for i in range(3)], 2), again.decode(video))
+    torch.testing.assert_close(
+        torch.cat([dec(video[:, :, i : i + 1]) for i in range(3)], 2), again.decode(video)
+    )
     # the fit does not depend on eigenvector signs the solver happens to return: a re-fit gives the same basis
     torch.testing.assert_close(fit_pca_codec(_toy_frames("train", 16)).basis, codec.basis, atol=1e-5, rtol=0)
 
