@@ -9,7 +9,7 @@ from diffusers import AutoencoderKLWan
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ardrag.codecs import PcaCodec, PixelCodec, WanVAECodec, build_codec, fit_pca_codec
-from ardrag.conditioning import PALETTE, Conditioner, trajectory_heatmaps
+from ardrag.conditioning import PALETTE, Conditioner, motion_preview, trajectory_heatmaps
 
 
 def tiny_vae() -> AutoencoderKLWan:
@@ -181,3 +181,44 @@ def test_heatmaps_equal_the_dense_formula_with_memory_independent_of_track_count
     # the output is the largest tensor whatever the track count (per-chunk intermediates are O(chunk N (H + W)));
     # the dense formula's (B, T, N, H, W) at N = 64 would be 21x the output
     assert largest[3] == largest[64] == out_bytes
+
+
+def test_motion_preview_moves_the_disc_around_a_drag_start_and_keeps_the_rest():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 3, 32, 40, generator=g) * 2 - 1
+    start = torch.tensor([12.0, 10.0])
+    tracks = torch.stack([start, start + torch.tensor([7.0, 3.0]), start + torch.tensor([7.0, 3.0])])
+    tracks = torch.stack([tracks, torch.tensor([[30.0, 25.0]] * 3)], dim=1)[
+        None
+    ]  # (1, T=3, N=2, 2); 2nd static
+    visible = torch.tensor([[[True, True], [True, True], [False, True]]])  # track 0 hidden in frame 2
+    out = motion_preview(ref, tracks, visible, radius=4.0)
+    assert out.shape == (1, 3, 3, 32, 40)
+    torch.testing.assert_close(out[:, :, 0], ref, atol=1e-5, rtol=0)  # frame 0: every drag is at its start
+    torch.testing.assert_close(
+        out[:, :, 2], ref, atol=1e-5, rtol=0
+    )  # the moving drag is hidden: nothing moves
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(40.0), indexing="ij")
+    d = torch.hypot(xx - 19, yy - 13)  # distance to the drag's position in frame 1
+    inside, outside = d <= 3.5, d >= 4.5
+    shifted = torch.roll(ref, shifts=(3, 7), dims=(2, 3))  # ref(x - 7, y - 3)
+    torch.testing.assert_close(out[:, :, 1][..., inside], shifted[..., inside], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:, :, 1][..., outside], ref[..., outside], atol=1e-5, rtol=0)
+
+
+def test_conditioner_with_motion_preview_adds_channels_that_trajectory_dropout_finds():
+    codec = PixelCodec(4)
+    plain = Conditioner(codec, reference_frames="all")
+    prev = Conditioner(codec, reference_frames="all", motion_preview_radius=6.0)
+    assert (plain.channels, prev.channels) == (97, 145)
+    ref = torch.rand(2, 3, 32, 32) * 2 - 1
+    tracks = (
+        torch.tensor([[5.0, 5.0], [9.0, 6.0], [13.0, 7.0]]).expand(2, 1, 3, 2).transpose(1, 2).contiguous()
+    )
+    cond_plain, cond_prev = plain(ref, tracks, None), prev(ref, tracks, None)
+    torch.testing.assert_close(cond_prev[:, :97], cond_plain)  # the paper's channels are unchanged
+    idx = prev.trajectory_channel_index()
+    assert idx == list(range(48)) + list(range(97, 145))
+    moved = codec.encode(motion_preview(ref, tracks, None, 6.0))
+    torch.testing.assert_close(cond_prev[:, 97:], moved)
+    torch.testing.assert_close(prev.drag_latents(ref, tracks, None), cond_prev[:, idx])
