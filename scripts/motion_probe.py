@@ -1,5 +1,6 @@
 """Quick motion probe of an exported pipeline during training: sample a few toy test clips (one noise seed) and
-report the penalised tracker error of the dragged points against the static video, plus a PNG grid
+report the benchmark's penalised ObjMC (LK, `benchmark.metrics.motion.motion_metrics`) against the static video's,
+plus a PNG grid
 (ground truth | sample, frames 0, 8, 16 per clip). A fast look between checkpoints; the benchmark's numbers come
 from `ardrag-eval` (e.g. configs/eval/teacher_check.yaml).
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ardrag import ARDragPipeline  # noqa: E402
-from ardrag.tracking import track_points  # noqa: E402
+from benchmark.metrics.motion import motion_metrics  # noqa: E402
 from benchmark.suites import Suite  # noqa: E402
 
 
@@ -39,18 +40,16 @@ def main(argv: list[str] | None = None) -> None:
     pen, static, cover, rows = [], [], [], []
     for item in Suite({**spec, "min_motion": 1.0}).items():
         video = pipe(item["video"][0], item["tracks"], item["visible"], prompt=item["prompt"], seed=args.seed)
-        found, kept = track_points(video, item["tracks"][0])
-        vis = item["visible"][1:]
-        err = np.linalg.norm(found - item["tracks"], axis=-1)[1:]
-        still = np.linalg.norm(item["tracks"][0][None] - item["tracks"], axis=-1)[1:]
-        pen.append(np.where(kept[1:], err, still)[vis].mean())
-        static.append(still[vis].mean())
-        cover.append(kept[1:][vis].mean())
+        m = motion_metrics(video, item["tracks"], item["visible"])
+        still = np.repeat(item["video"][:1], len(item["video"]), 0)
+        pen.append(m["objmc_penalised"])
+        static.append(motion_metrics(still, item["tracks"], item["visible"])["objmc_penalised"])
+        cover.append(m["coverage"])
         pick = [0, len(video) // 2, len(video) - 1]
         rows.append(np.concatenate([np.concatenate(list(v[pick]), 0) for v in (item["video"], video)], 1))
     print(
-        f"{args.pipeline}: {len(pen)} clips, penalised error {np.mean(pen):.2f} px (static {np.mean(static):.2f} px), "
-        f"tracker coverage {np.mean(cover):.2f}"
+        f"{args.pipeline}: {len(pen)} clips, penalised ObjMC-LK {np.mean(pen):.2f} px "
+        f"(static {np.mean(static):.2f} px), coverage {np.mean(cover):.2f}"
     )
     if args.png:
         img = np.concatenate(rows, 1)
