@@ -244,7 +244,9 @@ def test_a_page_closing_mid_stream_frees_the_model(pipe, image, caplog):
         deadline = time.monotonic() + 20
         while app.state.demo.model_lock.locked() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert gated.produced == 2  # it stopped after the frame in flight instead of finishing the video
+        # it stopped at the frame in flight instead of finishing the video (under CPU load the worker may see the
+        # closed page before it starts frame 1: 1 or 2 frames, never more)
+        assert gated.produced in (1, 2) and T > 2
         with client.websocket_connect("/ws") as b:
             gated.hold = -1
             b.send_json(req)
