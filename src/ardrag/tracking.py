@@ -4,9 +4,9 @@ Two independent instruments share one output convention:
 
 - ``track_points``: pyramidal Lucas-Kanade (on RGB for small frames, luma for large) predicts each point frame
   to frame; the prediction is then refined by aligning the point's frame-0 RGB template to the current frame
-  (so errors do not accumulate). Where
-  the point's constant-velocity guess is over 1 px away, it is refined too and the better match wins (LK's
-  coarse levels can be dragged off by a fast object nearby, such as an occluder passing).
+  (so errors do not accumulate). Where the point's constant-velocity guess is over 1 px away, it is refined too
+  and the better match wins (LK's coarse levels can be dragged off by a fast object nearby, such as an occluder
+  passing).
 - ``track_points_flow``: dense optical flow (OpenCV DIS) chained along the points, with a forward-backward check
   on the dense flow fields and a gray-patch NCC check against frame 0; a point that fails stays lost. Positions
   come from the flow alone, so the benchmark's flow column is not the RL reward's instrument. (Given the LK
