@@ -47,6 +47,8 @@ stage sft_chunk3 2 "sft_chunk3: Self-Forcing-style baseline (exit-prediction cac
 stage rl 2 "rl: AR-Drag (full), GRPO of the sft student with the tracker motion reward" --config configs/toy/rl.yaml --model.init_args.init="$RUNS/sft/export"
 
 echo "== benchmark: ardrag-eval --config configs/eval/toy.yaml (results/toy/)"
+# the table's "initial model" row: the untrained toy backbone (configs/eval/toy.yaml reads it from runs/toy/export/init)
+ardrag-export --pipeline-config configs/pipeline/toy.json --preset toy --seed 0 --out runs/toy/export/init
 ardrag-eval --config configs/eval/toy.yaml --publish
 python scripts/plot_reward_curve.py "$RUNS/rl" --out results/toy/reward_curve
 python scripts/sample_strip.py --suite "$DATA/test" --items 4 --seed 0 \

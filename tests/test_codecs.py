@@ -1,4 +1,4 @@
-"""Codecs (pixel and Wan VAE) and trajectory conditioning."""
+"""Codecs (pixel, PCA and Wan VAE) and trajectory conditioning."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch.utils._pytree as pytree
 from diffusers import AutoencoderKLWan
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ardrag.codecs import PixelCodec, WanVAECodec, build_codec
-from ardrag.conditioning import PALETTE, Conditioner, trajectory_heatmaps
+from ardrag.codecs import PcaCodec, PixelCodec, WanVAECodec, build_codec, fit_pca_codec
+from ardrag.conditioning import PALETTE, Conditioner, motion_preview, trajectory_heatmaps
 
 
 def tiny_vae() -> AutoencoderKLWan:
@@ -33,6 +33,48 @@ def test_pixel_codec_is_an_exact_inverse():
     assert torch.equal(codec.decode(z), video)
     dec = codec.stream_decoder()
     assert torch.equal(torch.cat([dec(z[:, :, i : i + 1]) for i in range(5)], 2), video)
+
+
+def _toy_frames(split: str, n: int) -> torch.Tensor:
+    import numpy as np
+
+    from datamodules.toy_world import clip_seed, render_clip
+
+    video = np.concatenate([render_clip(clip_seed(0, split, i)).video[::4] for i in range(n)])
+    return torch.from_numpy(video).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def test_pca_codec_fit_reconstructs_toy_frames_and_round_trips_its_description():
+    codec = fit_pca_codec(_toy_frames("train", 16), factor=4, channels=12)
+    assert codec.latent_channels == 12 and codec.spatial_factor == 4
+    torch.testing.assert_close(codec.basis @ codec.basis.T, torch.eye(12), atol=1e-5, rtol=0)
+    held_out = _toy_frames("val", 4)[:, :, None]  # (N, 3, 1, H, W): one-frame videos
+    z = codec.encode(held_out)
+    assert z.shape == (held_out.shape[0], 12, 1, 16, 16)
+    psnr = 10 * torch.log10(4 / ((codec.decode(z) - held_out) ** 2).mean())
+    assert psnr > 30.0, float(psnr)  # 12 of 48 patch dimensions keep ~32 dB of the held-out toy frames
+    # a latent is the projection: decoding then encoding again gives it back (up to float rounding)
+    torch.testing.assert_close(codec.encode(codec.decode(z)), z, atol=1e-4, rtol=0)
+    # exported description -> the same codec (6-decimal rounding), and streaming decode = full decode
+    again = build_codec(codec.describe())
+    assert isinstance(again, PcaCodec)
+    torch.testing.assert_close(again.decode(z), codec.decode(z), atol=1e-4, rtol=0)
+    dec = again.stream_decoder()
+    video = torch.randn(1, 12, 3, 16, 16)
+    torch.testing.assert_close(
+        torch.cat([dec(video[:, :, i : i + 1]) for i in range(3)], 2), again.decode(video)
+    )
+    # the fit does not depend on eigenvector signs the solver happens to return: a re-fit gives the same basis
+    torch.testing.assert_close(fit_pca_codec(_toy_frames("train", 16)).basis, codec.basis, atol=1e-5, rtol=0)
+
+
+def test_pca_codec_rejects_bad_shapes_in_one_line():
+    with pytest.raises(ValueError, match="needs a mean of 48 values"):
+        PcaCodec(torch.zeros(47), torch.eye(48)[:12])
+    with pytest.raises(ValueError, match="orthonormal"):
+        PcaCodec(torch.zeros(48), torch.ones(2, 48))
+    with pytest.raises(ValueError, match="needs its 'mean' and 'basis'"):
+        build_codec({"type": "pca", "factor": 4})
 
 
 def test_wan_vae_stream_decode_equals_full_decode_and_frame_counts(tmp_path):
@@ -139,3 +181,44 @@ def test_heatmaps_equal_the_dense_formula_with_memory_independent_of_track_count
     # the output is the largest tensor whatever the track count (per-chunk intermediates are O(chunk N (H + W)));
     # the dense formula's (B, T, N, H, W) at N = 64 would be 21x the output
     assert largest[3] == largest[64] == out_bytes
+
+
+def test_motion_preview_moves_the_disc_around_a_drag_start_and_keeps_the_rest():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 3, 32, 40, generator=g) * 2 - 1
+    start = torch.tensor([12.0, 10.0])
+    tracks = torch.stack([start, start + torch.tensor([7.0, 3.0]), start + torch.tensor([7.0, 3.0])])
+    tracks = torch.stack([tracks, torch.tensor([[30.0, 25.0]] * 3)], dim=1)[
+        None
+    ]  # (1, T=3, N=2, 2); 2nd static
+    visible = torch.tensor([[[True, True], [True, True], [False, True]]])  # track 0 hidden in frame 2
+    out = motion_preview(ref, tracks, visible, radius=4.0)
+    assert out.shape == (1, 3, 3, 32, 40)
+    torch.testing.assert_close(out[:, :, 0], ref, atol=1e-5, rtol=0)  # frame 0: every drag is at its start
+    torch.testing.assert_close(
+        out[:, :, 2], ref, atol=1e-5, rtol=0
+    )  # the moving drag is hidden: nothing moves
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(40.0), indexing="ij")
+    d = torch.hypot(xx - 19, yy - 13)  # distance to the drag's position in frame 1
+    inside, outside = d <= 3.5, d >= 4.5
+    shifted = torch.roll(ref, shifts=(3, 7), dims=(2, 3))  # ref(x - 7, y - 3)
+    torch.testing.assert_close(out[:, :, 1][..., inside], shifted[..., inside], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:, :, 1][..., outside], ref[..., outside], atol=1e-5, rtol=0)
+
+
+def test_conditioner_with_motion_preview_adds_channels_that_trajectory_dropout_finds():
+    codec = PixelCodec(4)
+    plain = Conditioner(codec, reference_frames="all")
+    prev = Conditioner(codec, reference_frames="all", motion_preview_radius=6.0)
+    assert (plain.channels, prev.channels) == (97, 145)
+    ref = torch.rand(2, 3, 32, 32) * 2 - 1
+    tracks = (
+        torch.tensor([[5.0, 5.0], [9.0, 6.0], [13.0, 7.0]]).expand(2, 1, 3, 2).transpose(1, 2).contiguous()
+    )
+    cond_plain, cond_prev = plain(ref, tracks, None), prev(ref, tracks, None)
+    torch.testing.assert_close(cond_prev[:, :97], cond_plain)  # the paper's channels are unchanged
+    idx = prev.trajectory_channel_index()
+    assert idx == list(range(48)) + list(range(97, 145))
+    moved = codec.encode(motion_preview(ref, tracks, None, 6.0))
+    torch.testing.assert_close(cond_prev[:, 97:], moved)
+    torch.testing.assert_close(prev.drag_latents(ref, tracks, None), cond_prev[:, idx])

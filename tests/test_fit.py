@@ -141,7 +141,9 @@ def test_sample_weighting_is_the_x0_error(toy, prediction_type):
 
     overrides = {"prediction_type": prediction_type}
     if prediction_type == "sample":
-        overrides["sample_base"] = [48, 96]  # condition channels [trajectory 48 | reference 48 | mask]
+        c = json.loads((toy / "pipeline.json").read_text())["codec"]
+        c = len(c["basis"]) if c["type"] == "pca" else 3 * c["factor"] ** 2
+        overrides["sample_base"] = [c, 2 * c]  # condition channels [trajectory c | reference c | mask]
     init = ModelInit(pipeline_config=str(toy / "pipeline.json"), preset="tiny", preset_overrides=overrides)
     m = TeacherModule(model=init, loss=TeacherLoss(weighting="sample"))
     m_v = TeacherModule(model=init, loss=TeacherLoss(weighting="velocity"))
@@ -161,7 +163,8 @@ def test_sample_weighting_is_the_x0_error(toy, prediction_type):
         want_v = ((v - (x_s - x0) / s_conv) ** 2).mean()
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(got_v, want_v, rtol=1e-4, atol=1e-7)
-    if prediction_type == "sample":  # x0 error / s: the 1 / s^2 weight of the velocity loss dominates at s = 0.02
+    # x0 error / s: the 1 / s^2 weight of the velocity loss dominates at s = 0.02
+    if prediction_type == "sample":
         assert float(got_v) > 10 * float(got), (float(got_v), float(got))
 
 

@@ -1,7 +1,8 @@
 """Codecs between pixel videos and latents, behind one interface.
 
 Videos are float (B, 3, T, H, W) in [-1, 1]; latents are (B, C, F, h, w). `PixelCodec` (space-to-depth, an exact
-inverse) serves the toy scale; `WanVAECodec` wraps diffusers' `AutoencoderKLWan` (4x temporal, 8x spatial, 16
+inverse) and `PcaCodec` (space-to-depth, then the top principal components of the patches: a linear stand-in for a
+VAE's compression) serve the toy scale; `WanVAECodec` wraps diffusers' `AutoencoderKLWan` (4x temporal, 8x spatial, 16
 channels, normalised with the config's latents_mean/std) loaded from a local folder. Both decode frame by frame
 for streaming: `decoder = codec.stream_decoder(); decoder(latent_chunk)` returns the new pixel frames.
 """
@@ -90,6 +91,87 @@ class PixelCodec(Codec):
         return {"type": "pixel", "factor": self.factor}
 
 
+class PcaCodec(Codec):
+    """Space-to-depth, then an orthonormal projection of each factor x factor RGB patch (3 f^2 values) onto its top
+    `channels` principal components (fit on toy frames by `fit_pca_codec`). Decoding is the projection back.
+
+    Why the toy scale uses it: a pixel codec hands every 2 x 2 latent patch token 4 x 48 = 192 raw values, about as
+    many as the toy transformer is wide (256), while Wan's VAE gives a 1536-wide token 64 values; a token that must
+    carry the noisy patch, the reference patch and the trajectory patch at once then cannot (README "Method notes").
+    With 12 components a token gets 48 values per stream, and frames decode at about 32 dB PSNR.
+    The basis is orthonormal, so latent noise is white pixel noise restricted to the kept subspace, as with
+    `PixelCodec`; latents are not whitened.
+    """
+
+    def __init__(self, mean: torch.Tensor, basis: torch.Tensor, factor: int = 4) -> None:
+        super().__init__()
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        basis = torch.as_tensor(basis, dtype=torch.float32)  # (channels, 3 f^2), rows orthonormal
+        d = 3 * factor * factor
+        if factor < 1 or mean.numel() != d or basis.ndim != 2 or basis.shape[1] != d or not basis.shape[0]:
+            raise ValueError(
+                f"a pca codec with factor {factor} needs a mean of {d} values and a (channels, {d}) basis, "
+                f"got {mean.numel()} and {tuple(basis.shape)}"
+            )
+        gram = basis @ basis.T
+        if not torch.allclose(gram, torch.eye(len(basis)), atol=1e-4):
+            raise ValueError("pca codec basis rows must be orthonormal")
+        self.factor = factor
+        self.latent_channels = basis.shape[0]
+        self.spatial_factor = factor
+        self.temporal_factor = 1
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("basis", basis, persistent=False)
+
+    def num_latent_frames(self, num_frames: int) -> int:
+        return num_frames
+
+    def num_frames(self, num_latent_frames: int) -> int:
+        return num_latent_frames
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = video.shape
+        x = F.pixel_unshuffle(video.transpose(1, 2).reshape(b * t, c, h, w).float(), self.factor)
+        z = torch.einsum("nchw,kc->nkhw", x - self.mean.float().view(1, -1, 1, 1), self.basis.float())
+        return z.reshape(b, t, *z.shape[1:]).transpose(1, 2)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = latents.shape
+        z = latents.transpose(1, 2).reshape(b * f, c, h, w).float()
+        x = torch.einsum("nkhw,kc->nchw", z, self.basis.float()) + self.mean.float().view(1, -1, 1, 1)
+        x = F.pixel_shuffle(x, self.factor)
+        return x.reshape(b, f, *x.shape[1:]).transpose(1, 2)
+
+    def stream_decoder(self) -> StreamDecoder:
+        return self.decode
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": "pca",
+            "factor": self.factor,
+            "mean": [round(float(v), 6) for v in self.mean],
+            "basis": [[round(float(v), 6) for v in row] for row in self.basis],
+        }
+
+
+def fit_pca_codec(frames: torch.Tensor, factor: int = 4, channels: int = 12) -> PcaCodec:
+    """Fit a `PcaCodec` on frames float (N, 3, H, W) in [-1, 1]: mean patch and the top `channels` eigenvectors of
+    the patch covariance (float64), each signed so its largest-magnitude entry is positive (the same basis on every
+    machine up to rounding). The basis is re-orthonormalised after rounding to 6 decimals, as `describe` stores it."""
+    d = 3 * factor * factor
+    if not 1 <= channels <= d:
+        raise ValueError(f"channels must be in 1..{d} for factor {factor}, got {channels}")
+    patches = F.pixel_unshuffle(frames.float(), factor).permute(0, 2, 3, 1).reshape(-1, d).double()
+    mean = patches.mean(0)
+    evals, evecs = torch.linalg.eigh(torch.cov((patches - mean).T))
+    basis = evecs.flip(1)[:, :channels].T  # (channels, d), largest variance first
+    idx = basis.abs().argmax(1)
+    basis = basis * torch.sign(basis[torch.arange(channels), idx])[:, None]
+    basis = torch.linalg.qr(basis.round(decimals=6).T).Q.T  # orthonormal again after rounding
+    basis = basis * torch.sign(basis[torch.arange(channels), idx])[:, None]
+    return PcaCodec(mean.round(decimals=6).float(), basis.float(), factor)
+
+
 class WanVAECodec(Codec):
     """Wan2.1 VAE (causal 3D conv, 1 + 4k frames <-> 1 + k latent frames) from a local diffusers folder."""
 
@@ -171,6 +253,10 @@ def build_codec(spec: dict[str, Any], base_dir: str | Path | None = None) -> Cod
     kind = spec.get("type")
     if kind == "pixel":
         return PixelCodec(int(spec.get("factor", 4)))
+    if kind == "pca":
+        if "mean" not in spec or "basis" not in spec:
+            raise ValueError("codec 'pca' needs its 'mean' and 'basis' (written by scripts/fit_toy_codec.py)")
+        return PcaCodec(torch.tensor(spec["mean"]), torch.tensor(spec["basis"]), int(spec.get("factor", 4)))
     if kind == "wan_vae":
         path = spec.get("path")
         if not path:
@@ -179,4 +265,4 @@ def build_codec(spec: dict[str, Any], base_dir: str | Path | None = None) -> Cod
         if not p.is_absolute() and base_dir is not None:
             p = Path(base_dir) / p
         return WanVAECodec.from_pretrained(p)
-    raise ValueError(f"unknown codec type {kind!r}: use 'pixel' or 'wan_vae'")
+    raise ValueError(f"unknown codec type {kind!r}: use 'pixel', 'pca' or 'wan_vae'")

@@ -7,12 +7,18 @@ Per latent frame m the backbone gets `cond_in_channels = 2 C + 1` extra channels
 local copy instead of an attention lookup into frame 0; the toy pipeline uses it).
 The trajectory video is a Gaussian blob per visible point per frame, coloured by track index so that crossing
 tracks stay distinguishable, then encoded by the codec exactly like a video (as AR-Drag does).
+With `motion_preview_radius > 0` (an option; the toy pipeline uses it) C more channels follow the mask: the
+*motion preview*, the reference image with a disc of that radius around each drag's start pasted at the drag's
+position in that frame (`motion_preview`), encoded like a video. It derives only from the reference and the drags,
+so it adds no information; it puts the dragged appearance next to the tokens that must draw it, which a small model
+cannot fetch from elsewhere in the frame by attention alone (README "Method notes").
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ardrag.codecs import Codec
 
@@ -34,9 +40,59 @@ PALETTE = torch.tensor(
 REFERENCE_FRAMES = ("first", "all")
 
 
-def cond_channels(codec: Codec) -> int:
-    """Number of extra backbone input channels for this codec: trajectory + reference latents + mask."""
-    return 2 * codec.latent_channels + 1
+def cond_channels(codec: Codec, motion_preview: bool = False) -> int:
+    """Number of extra backbone input channels for this codec: trajectory + reference latents + mask
+    (+ the motion-preview latent)."""
+    return (3 if motion_preview else 2) * codec.latent_channels + 1
+
+
+def motion_preview(
+    reference: torch.Tensor,
+    tracks: torch.Tensor,
+    visible: torch.Tensor | None,
+    radius: float,
+    frames_per_chunk: int = 4,
+) -> torch.Tensor:
+    """The reference image with each drag's neighbourhood moved along the drag: float (B, 3, T, H, W) in [-1, 1].
+
+    reference (B, 3, H, W) in [-1, 1]; tracks (B, T, N, 2) pixels (x, y); visible (B, T, N) bool or None.
+    In frame t, track k (visible in frames 0 and t) pastes the reference disc of `radius` px around its start
+    p_k(0) at p_k(t) (an anti-aliased disc; overlapping pastes average); pixels no disc covers keep the reference.
+    Memory O(chunk N H W) per chunk of frames (meant for toy sizes).
+    """
+    b, t, n, _ = tracks.shape
+    _, c, h, w = reference.shape
+    dev = reference.device
+    ys = torch.arange(h, device=dev, dtype=torch.float32).view(1, 1, 1, h, 1)
+    xs = torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, 1, 1, w)
+    tracks = tracks.float()
+    ok = torch.ones(b, t, n, dtype=torch.bool, device=dev) if visible is None else visible.bool()
+    ok = ok & ok[:, :1]
+    out = torch.empty(b, c, t, h, w, device=dev, dtype=reference.dtype)
+    for t0 in range(0, t, frames_per_chunk):
+        pts = tracks[:, t0 : t0 + frames_per_chunk]  # (B, k, N, 2)
+        k = pts.shape[1]
+        px, py = pts[..., 0, None, None], pts[..., 1, None, None]  # (B, k, N, 1, 1)
+        dist = torch.sqrt((xs - px) ** 2 + (ys - py) ** 2)
+        wgt = (radius + 0.5 - dist).clamp(0, 1) * ok[:, t0 : t0 + k, :, None, None]  # (B, k, N, H, W)
+        shift = pts - tracks[:, :1]  # (B, k, N, 2): source = x - (p(t) - p(0))
+        gx = (xs - shift[..., 0, None, None]).expand(b, k, n, h, w)
+        gy = (ys - shift[..., 1, None, None]).expand(b, k, n, h, w)
+        grid = torch.stack([2 * gx / max(w - 1, 1) - 1, 2 * gy / max(h - 1, 1) - 1], dim=-1)
+        src = reference[:, None].expand(b, k * n, c, h, w).reshape(b * k * n, c, h, w)
+        moved = F.grid_sample(
+            src.float(),
+            grid.reshape(b * k * n, h, w, 2),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        ).view(b, k, n, c, h, w)
+        total = wgt.sum(2)  # (B, k, H, W)
+        pasted = (wgt[:, :, :, None] * moved).sum(2) / total.clamp_min(1e-6)[:, :, None]
+        alpha = wgt.amax(2)[:, :, None]  # (B, k, 1, H, W)
+        frame = alpha * pasted + (1 - alpha) * reference[:, None].float()
+        out[:, :, t0 : t0 + k] = frame.transpose(1, 2).to(out.dtype)
+    return out
 
 
 def trajectory_heatmaps(
@@ -96,16 +152,46 @@ class Conditioner:
     (B, T, N, 2) pixels; visible (B, T, N) bool; T video frames (T must be a valid frame count for the codec).
     """
 
-    def __init__(self, codec: Codec, heatmap_sigma: float = 2.0, reference_frames: str = "first") -> None:
+    def __init__(
+        self,
+        codec: Codec,
+        heatmap_sigma: float = 2.0,
+        reference_frames: str = "first",
+        motion_preview_radius: float = 0.0,
+    ) -> None:
         if reference_frames not in REFERENCE_FRAMES:
             raise ValueError(f"reference_frames must be one of {REFERENCE_FRAMES}, got {reference_frames!r}")
+        if motion_preview_radius < 0:
+            raise ValueError(f"motion_preview_radius must be >= 0, got {motion_preview_radius}")
         self.codec = codec
         self.heatmap_sigma = heatmap_sigma
         self.reference_frames = reference_frames
+        self.motion_preview_radius = motion_preview_radius
 
     @property
     def channels(self) -> int:
-        return cond_channels(self.codec)
+        return cond_channels(self.codec, self.motion_preview_radius > 0)
+
+    def trajectory_channel_index(self) -> list[int]:
+        """Condition channels that carry the drags (trajectory latent, and the motion preview when on): what
+        trajectory dropout blanks."""
+        c = self.codec.latent_channels
+        idx = list(range(c))
+        if self.motion_preview_radius > 0:
+            idx += list(range(2 * c + 1, 3 * c + 1))
+        return idx
+
+    @torch.no_grad()
+    def drag_latents(
+        self, reference: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The channels that depend on the drags, in `trajectory_channel_index` order."""
+        _, _, height, width = reference.shape
+        traj = self.trajectory_latents(tracks, visible, height, width)
+        if self.motion_preview_radius <= 0:
+            return traj
+        preview = motion_preview(reference, tracks, visible, self.motion_preview_radius)
+        return torch.cat([traj, self.codec.encode(preview).to(traj.dtype)], dim=1)
 
     @torch.no_grad()
     def trajectory_latents(self, tracks: torch.Tensor, visible: torch.Tensor | None, height: int, width: int):
@@ -121,7 +207,7 @@ class Conditioner:
     def __call__(
         self, reference: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor | None
     ) -> torch.Tensor:
-        """Condition channels (B, 2C + 1, F, h, w)."""
+        """Condition channels (B, 2C + 1, F, h, w), or (B, 3C + 1, F, h, w) with the motion preview."""
         _, _, height, width = reference.shape
         traj = self.trajectory_latents(tracks, visible, height, width)
         ref = self.reference_latent(reference).to(traj.dtype)
@@ -133,4 +219,8 @@ class Conditioner:
             ref_full[:, :, :1] = ref
         mask = torch.zeros(b, 1, f, h, w, dtype=traj.dtype, device=traj.device)
         mask[:, :, 0] = 1.0
-        return torch.cat([traj, ref_full, mask], dim=1)
+        parts = [traj, ref_full, mask]
+        if self.motion_preview_radius > 0:
+            preview = motion_preview(reference, tracks, visible, self.motion_preview_radius)
+            parts.append(self.codec.encode(preview).to(traj.dtype))
+        return torch.cat(parts, dim=1)

@@ -89,6 +89,9 @@ class PipelineConfig:
     reference_frames: str = "first"
     """Where the reference-image latent goes in the condition channels: 'first' (latent frame 0 only, Wan I2V's
     layout) or 'all' (every latent frame: each token sees the reference patch at its own place; see Conditioner)."""
+    motion_preview_radius: float = 0.0
+    """> 0: add the motion-preview condition (the reference with a disc of this radius, pixels, around each drag's
+    start moved along the drag; see `ardrag.conditioning.motion_preview`); 0: the paper's conditions only."""
     max_tracks: int = 64
     """Most drags accepted (trajectory files with more are refused)."""
     max_frames: int = 1024
@@ -145,6 +148,7 @@ class _Prepared:
     num_frames: int  # video frames to return
     image_size: tuple[int, int]  # (W, H) of the caller's coordinate frame
     generator: torch.Generator  # continues after the noise draw: context noise (context_timestep > 0)
+    reference: torch.Tensor  # (1, 3, H, W) in [-1, 1] at the model's size: drag updates recondition from it
 
 
 class ARDragPipeline:
@@ -164,7 +168,9 @@ class ARDragPipeline:
         self.config = dataclasses.replace(
             config, codec=codec.describe(), text_encoder=text_encoder.describe()
         )
-        self.conditioner = Conditioner(codec, config.heatmap_sigma, config.reference_frames)
+        self.conditioner = Conditioner(
+            codec, config.heatmap_sigma, config.reference_frames, config.motion_preview_radius
+        )
         codec.check_size(config.height, config.width, transformer.config.patch_size[1])
         want = self.conditioner.channels
         if transformer.config.cond_in_channels != want:
@@ -187,7 +193,7 @@ class ARDragPipeline:
             in_channels=codec.latent_channels,
             out_channels=codec.latent_channels,
             text_dim=text.dim,
-            cond_in_channels=cond_channels(codec),
+            cond_in_channels=cond_channels(codec, config.motion_preview_radius > 0),
             **model_overrides,
         )
         return cls(CausalWanTransformer(**model_cfg), codec, text, config)
@@ -212,7 +218,7 @@ class ARDragPipeline:
                 f"transformer has in_channels={transformer.config.in_channels}, codec has {codec.latent_channels}"
             )
         if transformer.config.cond_in_channels == 0:
-            transformer.add_condition_channels(cond_channels(codec))
+            transformer.add_condition_channels(cond_channels(codec, config.motion_preview_radius > 0))
         return cls(transformer, codec, text, config)
 
     @classmethod
@@ -322,7 +328,7 @@ class ARDragPipeline:
         h, w = self.height // self.codec.spatial_factor, self.width // self.codec.spatial_factor
         g = torch.Generator().manual_seed(int(seed))
         noise = randn((1, self.codec.latent_channels, f, h, w), g, self.device)
-        return _Prepared(Conditions(ctx, cond, neg_ctx), noise, t, size, g)
+        return _Prepared(Conditions(ctx, cond, neg_ctx), noise, t, size, g, ref_t)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -392,7 +398,7 @@ class ARDragPipeline:
                     )
                 t_valid = self._valid_frames(len(new_tracks))
                 tr, vis = self._model_tracks(new_tracks, upd.get("visible"), prep.image_size, t_valid)
-                new = self._recondition(tr, vis, prep.conditions.cond)
+                new = self._recondition(prep.reference, tr, vis, prep.conditions.cond)
                 prep.conditions.cond = torch.cat(
                     [prep.conditions.cond[:, :, :start], new[:, :, start:]], dim=2
                 )
@@ -416,9 +422,11 @@ class ARDragPipeline:
                     pending.append(update)
 
     def _recondition(
-        self, tracks: torch.Tensor, visible: torch.Tensor, old_cond: torch.Tensor
+        self, reference: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor, old_cond: torch.Tensor
     ) -> torch.Tensor:
         """Condition channels with new trajectories and the same reference latent/mask."""
-        traj = self.conditioner.trajectory_latents(tracks, visible, self.height, self.width)
-        c = self.codec.latent_channels
-        return torch.cat([traj, old_cond[:, c:]], dim=1)
+        new = old_cond.clone()
+        new[:, self.conditioner.trajectory_channel_index()] = self.conditioner.drag_latents(
+            reference, tracks, visible
+        ).to(new.dtype)
+        return new

@@ -119,9 +119,10 @@ class StageModule(pl.LightningModule):
         ctx = self.text_encoder.encode(list(batch["prompt"]))
         return x0, Conditions(ctx.to(self.device), cond, self.text_encoder.encode(list(neg)).to(self.device))
 
-    def trajectory_channels(self) -> slice:
-        """Channels of `Conditions.cond` that carry the trajectory (the rest: reference latent and mask)."""
-        return slice(0, self.codec.latent_channels)
+    def trajectory_channels(self) -> list[int]:
+        """Channels of `Conditions.cond` that carry the drags (trajectory latent, motion preview when on; the rest:
+        reference latent and mask)."""
+        return self.conditioner.trajectory_channel_index()
 
     # ------------------------------------------------------------------ logging helpers
     def log_throughput(self, batch_size: int) -> None:

@@ -112,7 +112,9 @@ class TeacherModule(StageModule):
         self.loss_cfg = loss or TeacherLoss()
         self.sampling_cfg = sampling or TeacherSampling()
         if self.loss_cfg.weighting not in ("velocity", "sample"):
-            raise ValueError(f"loss.weighting must be 'velocity' or 'sample', got {self.loss_cfg.weighting!r}")
+            raise ValueError(
+                f"loss.weighting must be 'velocity' or 'sample', got {self.loss_cfg.weighting!r}"
+            )
         pipe = build_pipeline(self.init_cfg)
         self.transformer = pipe.transformer.train().requires_grad_(True)
         self.ema = make_ema(self.transformer, self.optim_cfg.ema_decay)
