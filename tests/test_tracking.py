@@ -145,3 +145,31 @@ def test_toy_suite_ground_truth(toy_suite, tracker, min_cov, max_pen):
     assert s["objmc_penalised"] <= max_pen
     assert s["off_3px"] <= 0.01  # a shown point is right
     assert s["occluded_pairs"] >= 100 and s["shown_occluded"] <= 0.05  # and a covered one is rarely shown
+
+
+# Real photos (scikit-image, located via ardrag.assets) moved by smooth random affine warps over 30 frames, with
+# and without a box of another photo sliding across (benchmark.tracker_check; seeds as scripts/bench_tracker.py
+# --seed 0). Issue 8's targets for the reward's tracker: >= 0.90 of never-covered points kept to the end, median
+# end error <= 0.5 px, covered points hidden. Measured (results/data/tracker_accuracy.md): LK kept 0.956-1.000,
+# end error 0.06-0.12 px, shown covered <= 0.005. Before the constant-velocity second start and the jump rule
+# (LKParams.second_start, jump_px) the box cases kept 0.81-0.93 and showed 1.2-2.1 % of covered pairs, some tens
+# of pixels off. Flow misses the end-error target with the box on astronaut (0.53 px), so its bound is 0.6 px.
+@pytest.mark.parametrize("occluder", [False, True], ids=["clear", "box"])
+@pytest.mark.parametrize("photo", ["astronaut.png", "coffee.png", "chelsea.png"])
+@pytest.mark.parametrize(
+    "tracker, max_end_err, max_shown_covered", [(track_points, 0.5, 0.02), (track_points_flow, 0.6, 0.05)]
+)
+def test_warped_real_photos(photo, occluder, tracker, max_end_err, max_shown_covered):
+    from benchmark.tracker_check import PHOTOS, warp_scores, warped_photo
+
+    case = warped_photo(photo, PHOTOS.index(photo), occluder)
+    assert np.median(np.linalg.norm(case.truth[-1] - case.truth[0], axis=-1)) > 3.0  # the photo does move
+    s = warp_scores(tracker, case)
+    assert s["never_covered"] >= 50
+    assert s["kept_end"] >= 0.90
+    assert s["median_end_err"] <= max_end_err
+    assert s["off_1px"] <= 0.06  # shown points are right all along, not only at the end
+    if occluder:
+        assert s["covered_pairs"] >= 300
+        assert s["shown_covered"] <= max_shown_covered  # invisible while covered
+        assert s["reappeared"] == 0  # lost stays lost (LKParams.reacquire is off by default)
