@@ -265,7 +265,7 @@ def test_bad_config_key_is_one_line(tmp_path, capsys):
 def test_committed_toy_teacher_moves_the_dragged_sprites():
     """The committed toy teacher's 20-step samples follow the drags: on 6 held-out toy clips (rendered from their
     seeds, their moving tracks) the penalised ObjMC-LK of its samples is below half the static video's (issue 9).
-    Measured on AMD EPYC: 4.05 px vs 9.84 px (0.41; per clip 0.3-7.1 px); results/teacher_check: 4.12 vs 10.12 over
+    Measured on AMD EPYC: 4.06 px vs 9.84 px (0.41; per clip 0.3-7.1 px); results/teacher_check: 4.02 vs 10.12 over
     8 clips x 3 seeds."""
     from benchmark.metrics.motion import motion_metrics
     from datamodules.toy_world import clip_seed, render_clip
