@@ -91,7 +91,7 @@ class PixelCodec(Codec):
         return {"type": "pixel", "factor": self.factor}
 
 
-class PcaCodec(Codec):
+class PcaCodec(PixelCodec):
     """Space-to-depth, then an orthonormal projection of each factor x factor RGB patch (3 f^2 values) onto its top
     `channels` principal components (fit on toy frames by `fit_pca_codec`). Decoding is the projection back.
 
@@ -104,7 +104,6 @@ class PcaCodec(Codec):
     """
 
     def __init__(self, mean: torch.Tensor, basis: torch.Tensor, factor: int = 4) -> None:
-        super().__init__()
         mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
         basis = torch.as_tensor(basis, dtype=torch.float32)  # (channels, 3 f^2), rows orthonormal
         d = 3 * factor * factor
@@ -116,34 +115,18 @@ class PcaCodec(Codec):
         gram = basis @ basis.T
         if not torch.allclose(gram, torch.eye(len(basis)), atol=1e-4):
             raise ValueError("pca codec basis rows must be orthonormal")
-        self.factor = factor
+        super().__init__(factor)  # space-to-depth and the frame mapping
         self.latent_channels = basis.shape[0]
-        self.spatial_factor = factor
-        self.temporal_factor = 1
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("basis", basis, persistent=False)
 
-    def num_latent_frames(self, num_frames: int) -> int:
-        return num_frames
-
-    def num_frames(self, num_latent_frames: int) -> int:
-        return num_latent_frames
-
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = video.shape
-        x = F.pixel_unshuffle(video.transpose(1, 2).reshape(b * t, c, h, w).float(), self.factor)
-        z = torch.einsum("nchw,kc->nkhw", x - self.mean.float().view(1, -1, 1, 1), self.basis.float())
-        return z.reshape(b, t, *z.shape[1:]).transpose(1, 2)
+        x = super().encode(video.float()) - self.mean.float().view(1, -1, 1, 1, 1)
+        return torch.einsum("bcfhw,kc->bkfhw", x, self.basis.float())
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        b, c, f, h, w = latents.shape
-        z = latents.transpose(1, 2).reshape(b * f, c, h, w).float()
-        x = torch.einsum("nkhw,kc->nchw", z, self.basis.float()) + self.mean.float().view(1, -1, 1, 1)
-        x = F.pixel_shuffle(x, self.factor)
-        return x.reshape(b, f, *x.shape[1:]).transpose(1, 2)
-
-    def stream_decoder(self) -> StreamDecoder:
-        return self.decode
+        x = torch.einsum("bkfhw,kc->bcfhw", latents.float(), self.basis.float())
+        return super().decode(x + self.mean.float().view(1, -1, 1, 1, 1))
 
     def describe(self) -> dict[str, Any]:
         return {

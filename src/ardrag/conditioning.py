@@ -208,8 +208,9 @@ class Conditioner:
         self, reference: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor | None
     ) -> torch.Tensor:
         """Condition channels (B, 2C + 1, F, h, w), or (B, 3C + 1, F, h, w) with the motion preview."""
-        _, _, height, width = reference.shape
-        traj = self.trajectory_latents(tracks, visible, height, width)
+        drag = self.drag_latents(reference, tracks, visible)
+        c = self.codec.latent_channels
+        traj, preview = drag[:, :c], drag[:, c:]  # preview: 0 channels when off
         ref = self.reference_latent(reference).to(traj.dtype)
         b, _, f, h, w = traj.shape
         if self.reference_frames == "all":
@@ -219,8 +220,4 @@ class Conditioner:
             ref_full[:, :, :1] = ref
         mask = torch.zeros(b, 1, f, h, w, dtype=traj.dtype, device=traj.device)
         mask[:, :, 0] = 1.0
-        parts = [traj, ref_full, mask]
-        if self.motion_preview_radius > 0:
-            preview = motion_preview(reference, tracks, visible, self.motion_preview_radius)
-            parts.append(self.codec.encode(preview).to(traj.dtype))
-        return torch.cat(parts, dim=1)
+        return torch.cat([traj, ref_full, mask, preview], dim=1)
