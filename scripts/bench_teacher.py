@@ -2,7 +2,8 @@
 and the full-scale Wan2.1-1.3B teacher's memory per GPU under FSDP.
 Method (written into the result):
   - toy step: configs/toy/teacher.yaml's model (preset toy, attention_head_dim 64, ffn_dim 512, prediction_type
-    sample), batch 8 x 17 frames x 64x64 (pixel codec, factor 4), 5 tracks; one step = conditions from a synthetic
+    sample, sample_base [12, 24]) with the toy pipeline (configs/pipeline/toy.json: 12-channel PCA codec, motion
+    preview), batch 8 x 17 frames x 64x64, 5 tracks; one step = conditions from a synthetic
     batch (codec, heatmaps, text) + condition dropout + flow-matching loss forward + backward + AdamW step (no EMA,
     no logging, no data loading). Median of a few timed steps after one warm-up step;
   - FLOPs: torch.utils.flop_counter.FlopCounterMode over one fp32 step (matmuls, convolutions and attention; the
@@ -46,7 +47,12 @@ from ardrag.video import atomic_write_bytes  # noqa: E402
 TOY = ModelInit(
     pipeline_config="configs/pipeline/toy.json",
     preset="toy",
-    preset_overrides={"attention_head_dim": 64, "ffn_dim": 512, "prediction_type": "sample"},
+    preset_overrides={
+        "attention_head_dim": 64,
+        "ffn_dim": 512,
+        "prediction_type": "sample",
+        "sample_base": [12, 24],
+    },
 )
 BATCH, FRAMES, TRACKS = 8, 17, 5
 
