@@ -148,7 +148,7 @@ class _Prepared:
     num_frames: int  # video frames to return
     image_size: tuple[int, int]  # (W, H) of the caller's coordinate frame
     generator: torch.Generator  # continues after the noise draw: context noise (context_timestep > 0)
-    reference: torch.Tensor  # (1, 3, H, W) in [-1, 1] at the model's size: drag updates recondition from it
+    reference: torch.Tensor  # (1, 3, H, W) in [-1, 1] at the model's size: drag updates recondition with it
 
 
 class ARDragPipeline:
@@ -398,7 +398,7 @@ class ARDragPipeline:
                     )
                 t_valid = self._valid_frames(len(new_tracks))
                 tr, vis = self._model_tracks(new_tracks, upd.get("visible"), prep.image_size, t_valid)
-                new = self._recondition(prep.reference, tr, vis, prep.conditions.cond)
+                new = self.conditioner(prep.reference, tr, vis)  # same reference, new drag channels
                 prep.conditions.cond = torch.cat(
                     [prep.conditions.cond[:, :, :start], new[:, :, start:]], dim=2
                 )
@@ -420,13 +420,3 @@ class ARDragPipeline:
                 update = yield frame
                 if update is not None:
                     pending.append(update)
-
-    def _recondition(
-        self, reference: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor, old_cond: torch.Tensor
-    ) -> torch.Tensor:
-        """Condition channels with new trajectories and the same reference latent/mask."""
-        new = old_cond.clone()
-        new[:, self.conditioner.trajectory_channel_index()] = self.conditioner.drag_latents(
-            reference, tracks, visible
-        ).to(new.dtype)
-        return new

@@ -301,9 +301,17 @@ def velocity_target(
     """
     config = getattr(model, "config", {})
     if config.get("prediction_type", "velocity") == "sample":
-        s = sigma.float().clamp_min(config.get("sample_sigma_min", 0.05))
-        return (x_s.float() - x0.float()) / s
+        return (x_s.float() - x0.float()) / conversion_sigma(model, sigma)
     return (eps - x0).float()
+
+
+def conversion_sigma(model: torch.nn.Module, sigma: torch.Tensor) -> torch.Tensor:
+    """The s in x0_hat = x_s - s v_hat for `model`'s velocity output: sigma itself, or for an x0-predicting model
+    ('sample') max(sigma, sample_sigma_min), the level its forward divides by (float32)."""
+    config = getattr(model, "config", {})
+    if config.get("prediction_type", "velocity") == "sample":
+        return sigma.float().clamp_min(config.get("sample_sigma_min", 0.05))
+    return sigma.float()
 
 
 def randn(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

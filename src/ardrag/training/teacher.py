@@ -22,6 +22,7 @@ from ardrag.sampling import (
     NUM_TRAIN_TIMESTEPS,
     Conditions,
     Denoiser,
+    conversion_sigma,
     randn,
     sample_bidirectional,
     shift_sigma,
@@ -155,11 +156,8 @@ class TeacherModule(StageModule):
         v = self.transformer(x_s, sigma * NUM_TRAIN_TIMESTEPS, conds.context, cond=conds.cond)
         target = velocity_target(self.transformer, x_s, x0, eps, s)
         err = (v.float() - target) ** 2
-        if self.loss_cfg.weighting == "sample":
-            s_min = self.transformer.config.get("sample_sigma_min", 0.05)
-            if self.transformer.config.get("prediction_type", "velocity") == "sample":
-                s = s.clamp_min(s_min)
-            err = err * s.float() ** 2
+        if self.loss_cfg.weighting == "sample":  # x0_hat - x0 = s (v_hat - v)
+            err = err * conversion_sigma(self.transformer, s) ** 2
         return err.mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
