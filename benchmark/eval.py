@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ardrag.hardware import provenance
 from ardrag.video import atomic_write_bytes
 from benchmark import tables
 from benchmark.methods import Method, MissingVideo, build_method, folder_fingerprint, method_key
@@ -743,8 +743,7 @@ class EvalRunner:
             "seeds": self.cfg["seeds"],
             "hardware": hardware_string(),
             "versions": _versions(),
-            "git_commit": _git_commit(),
-            "git_dirty": _git_dirty(),
+            **provenance(),
             "missing_videos": {f"{k[0]} seed{k[1]}": v for k, v in self.missing.items()},
             "walltime_s_by_method": {
                 w["method"]: sum(v for k, v in w.items() if k not in ("method", "videos")) for w in walltime
@@ -796,19 +795,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ardrag-eval",
@@ -855,23 +841,6 @@ def output_dir(cfg: dict[str, Any], publish: bool = False, out_dir: str | None =
     if out_dir:
         return out_dir
     return cfg["out_dir"] if publish else str(Path(cfg["cache_dir"]) / "results")
-
-
-def _git_dirty() -> list[str] | None:
-    """Tracked files that differ from the commit (outside results/): a table made from such a tree is not
-    reproducible from ``git_commit`` alone. None outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    paths = [line[3:] for line in out.splitlines() if line[3:]]
-    return [p for p in paths if not p.startswith("results/")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,23 +38,11 @@ from ardrag.demo.browser import (
     wait_for,
 )
 from ardrag.demo.cli import start_server
-from ardrag.hardware import hardware_string
+from ardrag.hardware import hardware_string, provenance
 from ardrag.video import atomic_write_bytes
 
 DRAG = [(60, 70), (110, 110), (170, 150), (230, 180)]  # CSS pixels on the 320 x 320 canvas
 STEER = [(250, 250), (200, 220), (150, 190)]
-
-
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def set_field(driver, element_id: str, value) -> None:
@@ -152,7 +140,7 @@ def main() -> int:
         "torch": torch.__version__,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
         "date": time.strftime("%Y-%m-%d"),
-        "git_commit": _git_commit(),
+        **provenance(),
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     args.out.mkdir(parents=True, exist_ok=True)

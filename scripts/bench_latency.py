@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from ardrag import ARDragPipeline
-from ardrag.hardware import cpu_name
+from ardrag.hardware import cpu_name, provenance
 from ardrag.pipeline import PipelineConfig
 from ardrag.video import atomic_write_bytes
 
@@ -134,6 +134,7 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "parameters": n_params,
+        **provenance(),
     }
     atomic_write_bytes(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
 

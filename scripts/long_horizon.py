@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ardrag.hardware import hardware_string
+from ardrag.hardware import git_commit, hardware_string, provenance
 from ardrag.tracking import hold_last, track_points, track_points_flow
 from ardrag.video import atomic_write_bytes
 from benchmark.methods import build_method
@@ -104,14 +103,6 @@ def _ci(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sd = np.nanstd(values, 0, ddof=1) if values.shape[0] > 1 else np.zeros_like(mean)
     half = np.where(n > 1, t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1)), 0.0)
     return mean, half
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,14 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "",
         f"Command: `python {' '.join(sys.argv)}`" if argv is None else "",
-        f"Commit {_git_commit()}; {hardware_string()}; Python {platform.python_version()}.",
+        f"Commit {git_commit()}; {hardware_string()}; Python {platform.python_version()}.",
         "Wall time per method (s): " + ", ".join(f"{k} {v:.1f}" for k, v in walls.items()) + ".",
     ]
     atomic_write_bytes(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
     atomic_write_bytes(
         out.with_suffix(".json"),
         json.dumps(
-            {"args": vars(a), "git_commit": _git_commit(), "hardware": hardware_string(), "wall_s": walls},
+            {"args": vars(a), **provenance(), "hardware": hardware_string(), "wall_s": walls},
             indent=2,
         ).encode(),
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+from pathlib import Path
 
 
 def cpu_name() -> str:
@@ -25,3 +27,33 @@ def hardware_string() -> str:
     parts = [f"CPU {cpu_name()} x{os.cpu_count()}", f"torch threads {torch.get_num_threads()}"]
     parts.append(f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU")
     return "; ".join(parts)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, timeout=30, cwd=Path(__file__).parent
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_commit() -> str | None:
+    """The checkout's HEAD commit (full hash), None outside a git checkout."""
+    out = _git("rev-parse", "HEAD")
+    return out.strip() if out else None
+
+
+def git_dirty() -> list[str] | None:
+    """Tracked files that differ from the commit (outside results/): a figure made from such a tree is not
+    reproducible from ``git_commit`` alone. None outside a git checkout."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    if out is None:
+        return None
+    paths = [line[3:] for line in out.splitlines() if line[3:]]
+    return [p for p in paths if not p.startswith("results/")]
+
+
+def provenance() -> dict:
+    """``git_commit`` and ``git_dirty`` for a results ``meta.json`` (scripts/check_results.py reads them)."""
+    return {"git_commit": git_commit(), "git_dirty": git_dirty()}
