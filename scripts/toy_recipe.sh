@@ -38,12 +38,16 @@ ardrag-export --ckpt $last --dtype bfloat16 --out $CKPTS/$name
 echo "== data: toy world in $DATA"
 ardrag-toyworld "$DATA"
 stage teacher 2 "teacher: the toy bidirectional motion-conditioned teacher (20-step sampler)" --config configs/toy/teacher.yaml
-# SFT students distil the freshly trained teacher; one torch thread each is fastest on 2 busy cores
-stage sft 2 "sft: the AR-Drag toy student (frame-wise, Self-Rollout, DMD from the teacher)" --config configs/toy/sft.yaml --model.init_args.teacher="$RUNS/teacher/export"
-stage sft_no_rollout 2 "sft_no_rollout: ablation without Self-Rollout (exit-prediction cache update, chunk 1)" --config configs/toy/sft.yaml --config configs/toy/sft_no_rollout.yaml \
-  --model.init_args.teacher="$RUNS/teacher/export"
-stage sft_chunk3 2 "sft_chunk3: Self-Forcing-style baseline (exit-prediction cache update, chunk 3)" --config configs/toy/sft.yaml --config configs/toy/sft_chunk3.yaml \
-  --model.init_args.teacher="$RUNS/teacher/export"
+# The three SFT students distil the freshly trained teacher side by side, one torch thread each (on 2 cores three
+# single-thread runs finish sooner than three two-thread runs in a row); their logs go to $RUNS/<name>.log
+T="--model.init_args.teacher=$RUNS/teacher/export"
+stage sft 1 "sft: the AR-Drag toy student (frame-wise, Self-Rollout, DMD from the teacher)" --config configs/toy/sft.yaml "$T" \
+  > "$RUNS/sft.log" 2>&1 &
+stage sft_no_rollout 1 "sft_no_rollout: ablation without Self-Rollout (exit-prediction cache update, chunk 1)" \
+  --config configs/toy/sft.yaml --config configs/toy/sft_no_rollout.yaml "$T" > "$RUNS/sft_no_rollout.log" 2>&1 &
+stage sft_chunk3 1 "sft_chunk3: Self-Forcing-style baseline (exit-prediction cache update, chunk 3)" \
+  --config configs/toy/sft.yaml --config configs/toy/sft_chunk3.yaml "$T" > "$RUNS/sft_chunk3.log" 2>&1 &
+for job in $(jobs -p); do wait "$job" || { echo "an SFT stage failed: see $RUNS/sft*.log" >&2; exit 1; }; done
 stage rl 2 "rl: AR-Drag (full), GRPO of the sft student with the tracker motion reward" --config configs/toy/rl.yaml --model.init_args.init="$RUNS/sft/export"
 
 echo "== benchmark: ardrag-eval --config configs/eval/toy.yaml (results/toy/)"
@@ -54,4 +58,8 @@ python scripts/plot_reward_curve.py "$RUNS/rl" --out results/toy/reward_curve
 python scripts/sample_strip.py --suite "$DATA/test" --items 4 --seed 0 \
   --method "Ground truth=groundtruth" --method "Teacher=pipeline:$CKPTS/teacher" \
   --method "w/o RL=pipeline:$CKPTS/sft" --method "AR-Drag=pipeline:$CKPTS/rl" --out results/toy/samples.gif
+ardrag-eval --config configs/eval/sft_check.yaml --publish
+python scripts/long_horizon.py --frames 81 --clips 4 --seeds 0 1 2 \
+  --method "AR-Drag=pipeline:$CKPTS/rl" --method "w/o Self-Rollout=pipeline:$CKPTS/sft_no_rollout" \
+  --method "Warp=warp" --out results/toy/long_horizon
 echo "done: checkpoints in $CKPTS, tables in results/toy/, stage wall times in $RUNS/walltime.tsv"
