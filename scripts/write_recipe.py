@@ -11,11 +11,12 @@ of each segment's span), so pauses between segments are not counted.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import yaml
 
-from ardrag.hardware import hardware_string
+from ardrag.hardware import cpu_name
 from ardrag.training.tblog import read_run_scalars
 from ardrag.video import atomic_write_bytes
 
@@ -74,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         "configs); seed "
         f"{cfg.get('seed_everything')} (`seed_everything`), model seed {model.get('init_args', {}).get('seed')}.",
         f"- Steps: {steps} (`trainer.max_steps` {cfg.get('trainer', {}).get('max_steps')}); precision "
-        f"{cfg.get('trainer', {}).get('precision')}; batch {cfg.get('data', {}).get('init_args', {}).get('batch_size')}"
+        f"{cfg.get('trainer', {}).get('precision') or 'float32'}; batch {cfg.get('data', {}).get('init_args', {}).get('batch_size')}"
         f" clips of {cfg.get('data', {}).get('init_args', {}).get('num_frames')} frames.",
-        f"- Wall time: {wall / 60:.1f} min of training (TensorBoard event span) on {hardware_string()}.",
+        f"- Wall time: {wall / 60:.1f} min of training (TensorBoard event span) on CPU {cpu_name()} x{os.cpu_count()} "
+        "(torch threads as in the command; `OMP_NUM_THREADS` unset = all cores).",
         f"- Exported folder: {size / 1e6:.1f} MB (bf16 transformer weights; training stages upcast to float32).",
         "- Logged (mean of the first and last logged values):",
         *[f"  - `{t}`: {summary(scal[t])}" for t in TAGS if t in scal],
