@@ -55,7 +55,7 @@ echo "== benchmark: ardrag-eval --config configs/eval/toy.yaml (results/toy/)"
 ardrag-export --pipeline-config configs/pipeline/toy.json --preset toy --seed 0 --out runs/toy/export/init
 ardrag-eval --config configs/eval/toy.yaml --publish
 python scripts/plot_reward_curve.py "$RUNS/rl" --out results/toy/reward_curve
-python scripts/sample_strip.py --suite "$DATA/test" --items 4 --seed 0 \
+python scripts/sample_strip.py --suite "$DATA/test" --items 4 --seed 0 --scale 2 \
   --method "Ground truth=groundtruth" --method "Teacher=pipeline:$CKPTS/teacher" \
   --method "w/o RL=pipeline:$CKPTS/sft" --method "AR-Drag=pipeline:$CKPTS/rl" --out results/toy/samples.gif
 ardrag-eval --config configs/eval/sft_check.yaml --publish

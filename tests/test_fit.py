@@ -262,15 +262,24 @@ def test_bad_config_key_is_one_line(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "nonsense" in err[0]
 
 
-def test_committed_toy_teacher_moves_the_dragged_sprites():
-    """The committed toy teacher's 20-step samples follow the drags: on 6 held-out toy clips (rendered from their
-    seeds, their moving tracks) the penalised ObjMC-LK of its samples is below half the static video's (issue 9).
-    Measured on AMD EPYC: 4.06 px vs 9.84 px (0.41; per clip 0.3-7.1 px); results/teacher_check: 4.02 vs 10.12 over
-    8 clips x 3 seeds."""
+@pytest.mark.parametrize(
+    ("name", "max_ratio"),
+    [
+        # issue 9. Measured on AMD EPYC: 4.06 px vs 9.84 px (0.41; per clip 0.3-7.1 px); results/teacher_check: 4.02
+        # vs 10.12 over 8 clips x 3 seeds.
+        ("teacher", 0.5),
+        # issue 12: the AR-Drag toy student after RL, 3 steps per frame with the rolling cache. Measured on AMD EPYC
+        # (scripts/motion_probe.py, same clips): 6.32 px vs 9.84 px (0.64); the bound leaves room for other CPUs.
+        ("rl", 0.75),
+    ],
+)
+def test_committed_toy_checkpoint_moves_the_dragged_sprites(name, max_ratio):
+    """A committed toy pipeline's samples follow the drags: on 6 held-out toy clips (rendered from their seeds, their
+    moving tracks) the penalised ObjMC-LK of its samples is below max_ratio x the static video's."""
     from benchmark.metrics.motion import motion_metrics
     from datamodules.toy_world import clip_seed, render_clip
 
-    pipe = ARDragPipeline.from_pretrained(ROOT / "results/toy/checkpoints/teacher")
+    pipe = ARDragPipeline.from_pretrained(ROOT / "results/toy/checkpoints" / name)
     ours, static = [], []
     for i in range(6):
         clip = render_clip(clip_seed(0, "test", i))
@@ -281,4 +290,4 @@ def test_committed_toy_teacher_moves_the_dragged_sprites():
         ours.append(motion_metrics(video, tracks, visible)["objmc_penalised"])
         still = np.repeat(clip.video[:1], len(clip.video), 0)
         static.append(motion_metrics(still, tracks, visible)["objmc_penalised"])
-    assert np.mean(ours) < 0.5 * np.mean(static), (np.mean(ours), np.mean(static))
+    assert np.mean(ours) < max_ratio * np.mean(static), (np.mean(ours), np.mean(static))
