@@ -13,6 +13,7 @@ writes results/latency/frame_latency.{csv,md,png} and meta.json (hardware, versi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -45,7 +46,10 @@ def main() -> None:
         "--frames", type=int, default=64, help="latent frames to generate (pixel codec: = video frames)"
     )
     ap.add_argument("--window", type=int, default=7, help="rolling cache window in latent frames")
-    ap.add_argument("--preset", default="toy")
+    ap.add_argument(
+        "--preset", default="toy", help="untrained model of this preset (ignored with --checkpoint)"
+    )
+    ap.add_argument("--checkpoint", help="an exported pipeline folder instead of an untrained preset")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -66,8 +70,12 @@ def main() -> None:
     tracks = np.linspace([8, 8], [args.size - 8, args.size - 8], args.frames, dtype=np.float32)[:, None]
     rows, summary = [], []
     for name, (cfg, use_cache) in modes.items():
-        config = PipelineConfig(height=args.size, width=args.size, **cfg)
-        pipe = ARDragPipeline.from_preset(args.preset, config, seed=args.seed)
+        if args.checkpoint:
+            pipe = ARDragPipeline.from_pretrained(args.checkpoint)
+            pipe.config = dataclasses.replace(pipe.config, **cfg)
+        else:
+            config = PipelineConfig(height=args.size, width=args.size, **cfg)
+            pipe = ARDragPipeline.from_preset(args.preset, config, seed=args.seed)
         time_stream(pipe, image, tracks[:4], use_cache, args.seed)  # warm-up, excluded
         runs = [time_stream(pipe, image, tracks, use_cache, args.seed) for _ in range(args.repeats)]
         deltas = list(np.median(np.array(runs), axis=0))
@@ -92,12 +100,14 @@ def main() -> None:
     atomic_write_bytes(out / "frame_latency.csv", df.to_csv(index=False).encode())
     atomic_write_bytes(out / "frame_latency_summary.csv", sm.to_csv(index=False).encode())
     n_params = sum(p.numel() for p in pipe.transformer.parameters())
+    model_name = f"`{args.checkpoint}`" if args.checkpoint else f"untrained preset `{args.preset}`"
     cmd = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
     md = [
-        "# Per-frame latency versus frame index (frame-wise AR, untrained toy model)",
+        f"# Per-frame latency versus frame index (frame-wise AR, {model_name})",
         "",
         f"Command: `{cmd}`  ",
-        f"Model: preset `{args.preset}` ({n_params:,} parameters), {args.size}x{args.size} pixels, pixel codec, "
+        f"Model: {model_name} ({n_params:,} parameters), {pipe.config.height}x{pipe.config.width} pixels, "
+        f"{pipe.config.codec.get('type', 'pixel')} codec, "
         f"3 denoising steps + 1 cache write per frame, {args.frames} frames, seed {args.seed}.  ",
         f"Hardware: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}.  ",
         "Per-frame latency = time between consecutive yielded (decoded) frames; frame 0 = time to first frame "
@@ -120,7 +130,7 @@ def main() -> None:
     ax.set_xlabel("latent frame index")
     ax.set_ylabel("latency per frame (ms, log scale)")
     ax.set_yscale("log")  # the recompute curve would flatten the two cached ones on a linear axis
-    ax.set_title(f"Frame-wise AR latency ({args.preset} model, {args.size}px, CPU)")
+    ax.set_title(f"Frame-wise AR latency ({model_name.strip('`')}, {pipe.config.height}px, CPU)")
     ax.legend()
     fig.tight_layout()
     tmp = out / ".frame_latency.png.tmp"
