@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 import weakref
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = PipelineConfig.from_dict(json.loads(Path("configs/pipeline/toy.json").read_text()))
             teacher = ARDragPipeline.from_preset("toy", cfg, seed=0).save_pretrained(Path(tmp) / "t")
         module = SFTModule(str(teacher), optim=OptimConfig(generator_every=args.generator_every))
+        n_params = sum(p.numel() for p in ARDragPipeline.from_pretrained(teacher).transformer.parameters())
     opt = module.configure_optimizers()
     x0, conds = toy_batch(module, args.batch, args.frames)
     steps = {"generator step": [], "critic step (fresh rollout)": [], "critic step (reusing the sample)": []}
@@ -159,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Toy SFT step cost on this CPU",
         "",
-        f"Command: `OMP_NUM_THREADS={torch.get_num_threads()} .venv/bin/python scripts/bench_sft_step.py --out "
-        f"{args.out} --repeats {args.repeats}`. Machine: {result['hardware']}; "
+        f"Command: `OMP_NUM_THREADS={torch.get_num_threads()} .venv/bin/python {' '.join(sys.argv)}`. "
+        f"Machine: {result['hardware']}; "
         "the CPU was shared with other jobs, so read ratios within a table rather than absolute seconds. "
-        f"Toy model (1.18M parameters per model), batch {args.batch}, {args.frames} latent frames of 16x16, "
+        f"Model: {args.teacher or 'an untrained toy model'} ({n_params / 1e6:.2f}M parameters per model), batch {args.batch}, {args.frames} latent frames of 16x16, "
         f"3 steps per frame, medians of {args.repeats} interleaved repeats.",
         "",
         "| step | seconds |",
