@@ -69,10 +69,11 @@ def main() -> None:
     image = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
     tracks = np.linspace([8, 8], [args.size - 8, args.size - 8], args.frames, dtype=np.float32)[:, None]
     rows, summary = [], []
+    trained = ARDragPipeline.from_pretrained(args.checkpoint) if args.checkpoint else None
     for name, (cfg, use_cache) in modes.items():
-        if args.checkpoint:
-            pipe = ARDragPipeline.from_pretrained(args.checkpoint)
-            pipe.config = dataclasses.replace(pipe.config, **cfg)
+        if trained is not None:
+            pipe = trained
+            pipe.config = dataclasses.replace(trained.config, **cfg)
         else:
             config = PipelineConfig(height=args.size, width=args.size, **cfg)
             pipe = ARDragPipeline.from_preset(args.preset, config, seed=args.seed)

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = PipelineConfig.from_dict(json.loads(Path("configs/pipeline/toy.json").read_text()))
             teacher = ARDragPipeline.from_preset("toy", cfg, seed=0).save_pretrained(Path(tmp) / "t")
         module = SFTModule(str(teacher), optim=OptimConfig(generator_every=args.generator_every))
-        n_params = sum(p.numel() for p in ARDragPipeline.from_pretrained(teacher).transformer.parameters())
+    n_params = sum(p.numel() for p in module.student.parameters())
     opt = module.configure_optimizers()
     x0, conds = toy_batch(module, args.batch, args.frames)
     steps = {"generator step": [], "critic step (fresh rollout)": [], "critic step (reusing the sample)": []}
