@@ -1,4 +1,5 @@
-"""Callbacks every stage uses: sample videos with the target trajectories drawn, written as GIF and logged."""
+"""Training callbacks: sample videos with the target trajectories drawn (every stage), and the RL stage's reward
+probe on fixed validation conditions."""
 
 from __future__ import annotations
 
@@ -10,6 +11,28 @@ import numpy as np
 import torch
 
 from ardrag.video import draw_tracks, write_video
+
+
+def fixed_val_batch(trainer: pl.Trainer, n: int) -> dict[str, Any] | None:
+    """The first `n` conditions of the datamodule's validation stream as one batch (None without one)."""
+    dm = trainer.datamodule
+    loader = dm.val_dataloader() if dm is not None else None
+    if not loader:
+        return None
+    parts: list[dict[str, Any]] = []
+    for batch in loader:
+        parts.append(batch)
+        if sum(len(b["prompt"]) for b in parts) >= n:
+            break
+
+    def join(key: str, vals: list[Any]) -> Any:
+        if isinstance(vals[0], torch.Tensor):
+            return torch.cat(vals)[:n]
+        if isinstance(vals[0], list):
+            return [x for v in vals for x in v][:n]
+        return vals[0]
+
+    return {k: join(k, [b[k] for b in parts]) for k in parts[0]}
 
 
 class SampleVideos(pl.Callback):
@@ -37,13 +60,7 @@ class SampleVideos(pl.Callback):
 
     def _fixed_batch(self, trainer: pl.Trainer) -> dict[str, Any] | None:
         if self._batch is None:
-            dm = trainer.datamodule
-            loader = dm.val_dataloader() if dm is not None else None
-            if not loader:
-                return None
-            batch = next(iter(loader))
-            n = min(self.num_videos, len(batch["prompt"]))
-            self._batch = {k: (v[:n] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
+            self._batch = fixed_val_batch(trainer, self.num_videos)
         return self._batch
 
     def log_samples(self, trainer: pl.Trainer, module: pl.LightningModule) -> Path | None:
@@ -76,3 +93,58 @@ class SampleVideos(pl.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.log_samples(trainer, pl_module)
+
+
+class RewardProbe(pl.Callback):
+    """The RL stage's rewards on FIXED validation conditions and noise, with the deployed (deterministic) sampler,
+    before the first step and every `every_n_steps` optimizer steps: logged as `val/reward/<term>`.
+
+    The per-batch training reward (`train/reward/*`) mostly follows which conditions a batch happens to hold (0.6-1.0
+    on the toy world for the same policy), so a small improvement of the policy is invisible in it; this probe holds
+    conditions and noise fixed, so its change is the policy's. Cost: `num_conditions` x `len(seeds)` generated
+    videos per probe.
+
+    Args:
+        every_n_steps: interval in optimizer steps (the RL stage makes `inner_updates` per batch of rollouts).
+        num_conditions: validation conditions (the first of the validation stream).
+        seeds: noise seeds; each condition is generated once per seed.
+    """
+
+    def __init__(self, every_n_steps: int = 40, num_conditions: int = 16, seeds: tuple[int, ...] = (0, 1)):
+        self.every_n_steps = every_n_steps
+        self.num_conditions = num_conditions
+        self.seeds = tuple(seeds)
+        self._batch: dict[str, Any] | None = None
+        self._last_step = -1
+
+    def probe(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, float] | None:
+        step = trainer.global_step
+        if step == self._last_step or not trainer.is_global_zero:
+            return None
+        if self._batch is None:
+            self._batch = fixed_val_batch(trainer, self.num_conditions)
+            if self._batch is None:
+                return None
+        was_training = module.training
+        module.eval()
+        try:
+            means = module.probe_rewards(self._batch, self.seeds)
+        finally:
+            module.train(was_training)
+        self._last_step = step
+        metrics = {f"val/reward/{k}": v for k, v in means.items()}
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(metrics, step=step)
+        return metrics
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step == 0:  # a resumed run logged its starting point already
+            self.probe(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
+            self.probe(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.probe(trainer, pl_module)

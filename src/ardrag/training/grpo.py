@@ -30,6 +30,10 @@ class GRPOConfig:
     """Optimizer steps on each batch of rollouts (the first is exactly on-policy: ratio 1, nothing clipped)."""
     noise_level: float = 0.7
     """a: the SDE step's noise level."""
+    shared_noise: bool = False
+    """Start the G rollouts of a condition from the SAME initial noise, so the differences within a group come from
+    the SDE steps alone: those are what the advantages credit (different initial noise adds reward differences no
+    action caused, i.e. gradient noise). DanceGRPO shares initial noise within a group for the same reason."""
     exclude_last_step: bool = True
     """Never make the last denoising step the stochastic one: nothing after it removes its noise, so with three
     coarse steps an exact velocity would leave noise std a * sqrt(s/(1-s)) * sqrt(s) ~ 0.59 in the clean frame,

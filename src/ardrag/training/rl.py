@@ -153,7 +153,11 @@ class RLModule(StageModule):
         k = self.grpo.sde_choices(self.rollout_cfg.schedule.steps)
         # one SDE step per chunk, the same for the whole batch (a chunk's steps share one forward)
         sde_steps = torch.randint(0, k, (n_chunks,), generator=g).tolist()
-        noise = randn(shape, g, self.device)
+        gsz = self.grpo.group_size
+        if self.grpo.shared_noise:  # one draw per condition, repeated for its G rollouts
+            noise = randn((n // gsz, *shape[1:]), g, self.device).repeat_interleave(gsz, dim=0)
+        else:
+            noise = randn(shape, g, self.device)
         chunks = list(
             iter_rollout(
                 Denoiser(self.policy, conds), noise, self.rollout_cfg, sde_steps=sde_steps, generator=g
@@ -246,6 +250,21 @@ class RLModule(StageModule):
     def export_pipeline(self) -> ARDragPipeline:
         weights = merged_copy(self.policy) if self.lora.rank > 0 else self.policy
         return self.pipeline_with(weights, self.pipeline_config)
+
+    @torch.no_grad()
+    def probe_rewards(self, batch: dict[str, Any], seeds: tuple[int, ...]) -> dict[str, float]:
+        """Mean per-frame rewards of the deployed sampler (every step ODE) on `batch`, one noise draw per seed
+        (the seed alone fixes the noise): the `RewardProbe` callback's figure."""
+        x0, conds = self.conditions(batch)
+        tracks, visible = batch["tracks"].numpy(), batch["visible"].numpy()
+        sums: dict[str, list[float]] = {}
+        for seed in seeds:
+            noise = randn(x0.shape, torch.Generator().manual_seed(int(seed)), self.device)
+            chunks = iter_rollout(Denoiser(self.policy, conds), noise, self.rollout_cfg)
+            videos = self.decode_videos(torch.cat([ch.clean for ch in chunks], dim=2))
+            for k, v in compute_rewards(self.reward_cfg, videos, tracks, visible).items():
+                sums.setdefault(k, []).append(float(v.mean()))
+        return {k: float(np.mean(v)) for k, v in sums.items()}
 
     @torch.no_grad()
     def sample_videos(self, batch: dict[str, Any]) -> np.ndarray:
