@@ -91,8 +91,12 @@ def test_occluded_points_turn_invisible_and_stay(tracker):
     # Once under the occluder a point is not reported visible (allow the first frame of contact).
     hidden = [not visible[min(first[j] + 1, T - 1) :, j].any() for j in np.flatnonzero(ever)]
     assert np.mean(hidden) >= 0.95
-    # Lost stays lost: visibility never comes back after a False.
-    assert not (np.diff(visible.astype(np.int8), axis=0) > 0).any()
+    # A point shown again (LK re-acquires, see LKParams.reacquire; flow never does) is where it truly is.
+    back = np.zeros_like(visible)
+    back[1:] = np.maximum.accumulate(np.diff(visible.astype(np.int8), axis=0) > 0, axis=0) & visible[1:]
+    assert (np.linalg.norm(tracks - gt, axis=-1)[back] <= 3.0).all()
+    if tracker is track_points_flow:
+        assert not back.any()
     # Points never covered are mostly kept.
     assert visible[-1][~ever].mean() >= (0.8 if tracker is track_points else 0.6)
 
@@ -132,10 +136,11 @@ def toy_suite():
     return toy_items(32)  # the toy suite's 32 ground-truth items (configs/eval/toy.yaml), rebuilt
 
 
-# Measured by scripts/bench_tracker.py (results/data/tracker_accuracy.md); before the template refinement the
+# Measured by scripts/bench_tracker.py (results/data/tracker_accuracy.md): LK 0.950 / 0.69 px, flow 0.876 / 1.81 px
+# (issue 8: partial-template check, re-acquisition, updated flow patch); before the template refinement the
 # same split gave LK coverage 0.859 / penalised 1.66 px and flow 0.780 / 2.26 px (results/toy/table1.md).
 @pytest.mark.parametrize(
-    "tracker, min_cov, max_pen", [(track_points, 0.92, 1.0), (track_points_flow, 0.74, 2.5)]
+    "tracker, min_cov, max_pen", [(track_points, 0.945, 0.75), (track_points_flow, 0.85, 2.0)]
 )
 def test_toy_suite_ground_truth(toy_suite, tracker, min_cov, max_pen):
     from benchmark.tracker_check import toy_scores
@@ -172,4 +177,7 @@ def test_warped_real_photos(photo, occluder, tracker, max_end_err, max_shown_cov
     if occluder:
         assert s["covered_pairs"] >= 300
         assert s["shown_covered"] <= max_shown_covered  # invisible while covered
-        assert s["reappeared"] == 0  # lost stays lost (LKParams.reacquire is off by default)
+        # A point shown again after the box has passed (LK re-acquires it; flow never does) is near its place.
+        if tracker is track_points_flow:
+            assert s["reappeared"] == 0
+        assert s["reappeared_err_max"] <= 5.0
