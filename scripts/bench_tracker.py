@@ -92,16 +92,17 @@ def _markdown(res: dict) -> str:
         "## Real photos, smooth random affine warps, 30 frames (240x320)",
         "",
         "kept: never-covered points shown on the last frame; end err: their median error there; off >1 px: share "
-        "of all shown pairs; shown covered: share of pairs at least 1 px under the box that are shown.",
+        "of all shown pairs; shown covered: share of pairs at least 1 px under the box that are shown; back: points "
+        "shown again after being covered (LK re-acquires, flow never does) and their worst error once shown again.",
         "",
-        "| photo | occluder | tracker | points | kept | end err (px) | off >1 px | shown covered |",
-        "|---|---|---|---|---|---|---|---|",
+        "| photo | occluder | tracker | points | kept | end err (px) | off >1 px | shown covered | back (worst px) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["warp"]:
         lines.append(
             f"| {r['photo']} | {'box' if r['occluder'] else 'none'} | {r['tracker']} | {r['never_covered']} | "
             f"{r['kept_end']:.3f} | {r['median_end_err']:.3f} | {r['off_1px']:.3f} | "
-            f"{r['shown_covered']:.3f} of {r['covered_pairs']} |"
+            f"{r['shown_covered']:.3f} of {r['covered_pairs']} | {r['reappeared']} ({r['reappeared_err_max']:.2f}) |"
         )
     return "\n".join(lines) + "\n"
 

@@ -25,7 +25,8 @@ found unambiguously in a window around that course and then matches strictly on 
 ``reacquire`` frames in a row (``reacquire`` = 0: a lost point stays lost). Toy test split, loss categories
 before this (219 lost pairs): 96 after a ground-truth occlusion had ended (never re-acquired), 35 in the 1-2
 frames before an occlusion, 88 dropped while visible, nearly all with another sprite over part of the
-template (at the true place the whole-template NCC was under 0.6 in 31 of 32 drop events); after: 63, 26, 74.
+template (at the true place the whole-template NCC was under 0.6 in 31 of 32 drop events); after (measured with
+reacquire = 2; the default 3 re-acquires a little less): 63, 26, 74.
 Flow: its losses (721 pairs: 583 dropped while visible, 108 after an occlusion, 30 just before one) were all
 decided by the frame-0 patch check, not the forward-backward check (``fb_threshold`` 100 px changed nothing);
 the patch is now also compared with a slowly updated one (406 lost pairs after).
@@ -96,13 +97,14 @@ class LKParams:
     jump_px: float | None = 3.0
     """A step more than this many pixels off the point's constant-velocity course needs the stricter
     ``reacquire_ncc`` match to stay visible (None: off)."""
-    reacquire: int = 2
+    reacquire: int = 3
     """A hidden point is shown again after this many strict, on-course matches in a row (0: a lost point stays
     lost). The first must be an unambiguous find (``reacquire_margin``) in a window around the point's
-    coasting course; it sets the course the following ones must keep to within ``jump_px``. Toy test split:
-    coverage 0.936 -> 0.950, penalised ObjMC 0.90 -> 0.69 px, no shown point over 3 px off; warped real photos
-    with the box: 92-135 points come back, worst 2.3-4.5 px off (3 frames: 0.3-1.3 px, but toy coverage
-    0.944)."""
+    coasting course; it sets the course the following ones must keep to within ``jump_px``. Toy test split
+    (scripts/bench_tracker.py): coverage 0.933 -> 0.944, penalised ObjMC 0.92 -> 0.79 px, no shown point over
+    3 px off; warped real photos with the box: 92-133 points come back, at worst 0.25-1.34 px off. With 2 frames
+    the toy split reaches 0.950 / 0.69 px, but points come back up to 4.5 px off on the photos: 3 is the
+    default because a point reported visible must be right."""
     reacquire_ncc: float = 0.8
     """The stricter match a hidden point needs on each of those frames (a look-alike elsewhere rarely passes)."""
     search_px: float = 10.0
