@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             (line,) = ax.plot(steps, moving_average(vals, a.smooth), label=f"{tag} (avg {a.smooth})")
             ax.plot(steps, vals, color=line.get_color(), alpha=0.25, lw=1)
-        ax.set_xlabel("optimizer step")
+        # Lightning logs a manual-optimization module's train/* once per batch (its step counts batches); the
+        # RewardProbe logs at the trainer's global step (optimizer steps: inner_updates per batch)
+        ax.set_xlabel("optimizer step" if pre.startswith("val/") else "batch of rollouts (TensorBoard step)")
         ax.set_ylabel("mean reward per frame")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
