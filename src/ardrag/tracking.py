@@ -471,8 +471,12 @@ def track_points(
                 gx, gy = np.meshgrid(g, g)
                 grid = np.stack([gx.ravel(), gy.ravel()], 1)
                 cand = guess[hid, None] + grid[None]  # (n, G, 2)
-                sc = tpl.ncc(img, cand.reshape(-1, 2), np.repeat(idx[hid], len(grid))).reshape(len(hid), -1)
-                sc = np.where(np.abs(grid).max(1)[None] <= rad[:, None], sc, -np.inf)
+                # Scored only inside each point's window (most of the tracker's time goes here).
+                inside = np.abs(grid).max(1)[None] <= rad[:, None]  # (n, G)
+                pi, gi = np.nonzero(inside)
+                vals = tpl.ncc(img, cand[pi, gi], idx[hid][pi])
+                sc = np.full(inside.shape, -np.inf, dtype=vals.dtype)
+                sc[pi, gi] = vals
                 top = sc.argmax(1)
                 best = cand[np.arange(len(hid)), top]
                 # Only an unambiguous find counts: every place 4 px or more from the best must match clearly
