@@ -13,6 +13,11 @@ import torch
 from ardrag.video import draw_tracks, write_video
 
 
+def due(step: int, every: int) -> bool:
+    """A periodic callback's turn: every `every` steps after the first (0: never)."""
+    return every > 0 and step > 0 and step % every == 0
+
+
 def fixed_val_batch(trainer: pl.Trainer, n: int) -> dict[str, Any] | None:
     """The first `n` conditions of the datamodule's validation stream as one batch (None without one)."""
     dm = trainer.datamodule
@@ -87,8 +92,7 @@ class SampleVideos(pl.Callback):
         return path
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
+        if due(trainer.global_step, self.every_n_steps):
             self.log_samples(trainer, pl_module)
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -142,8 +146,7 @@ class RewardProbe(pl.Callback):
             self.probe(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
+        if due(trainer.global_step, self.every_n_steps):
             self.probe(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
