@@ -155,7 +155,7 @@ def test_toy_suite_ground_truth(toy_suite, tracker, min_cov, max_pen):
 # Real photos (scikit-image, located via ardrag.assets) moved by smooth random affine warps over 30 frames, with
 # and without a box of another photo sliding across (benchmark.tracker_check; seeds as scripts/bench_tracker.py
 # --seed 0). Issue 8's targets for the reward's tracker: >= 0.90 of never-covered points kept to the end, median
-# end error <= 0.5 px, covered points hidden. Measured (results/data/tracker_accuracy.md): LK kept 0.956-1.000,
+# end error <= 0.5 px, covered points hidden. Measured (results/data/tracker_accuracy.md): LK kept 0.984-1.000,
 # end error 0.06-0.12 px, shown covered <= 0.005. Before the constant-velocity second start and the jump rule
 # (LKParams.second_start, jump_px) the box cases kept 0.81-0.93 and showed 1.2-2.1 % of covered pairs, some tens
 # of pixels off. Flow misses the end-error target with the box on astronaut (0.53 px), so its bound is 0.6 px.
