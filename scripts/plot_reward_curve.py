@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=90)
     tmp.replace(out.with_suffix(".png"))
-    for tag, (_, vals) in curves.items():
-        k = max(1, min(a.smooth, len(vals) // 2))
+    for tag, (steps, vals) in curves.items():
         if tag.startswith("val/"):
-            print(f"{tag}: " + ", ".join(f"step {int(st)} {v:.4g}" for st, v in zip(curves[tag][0], vals)))
+            print(f"{tag}: " + ", ".join(f"step {int(st)} {v:.4g}" for st, v in zip(steps, vals)))
             continue
+        k = max(1, min(a.smooth, len(vals) // 2))
         print(f"{tag}: first {k} steps {vals[:k].mean():.4g} -> last {k} steps {vals[-k:].mean():.4g}")
     print(f"wrote {out}.png and {out}.csv", file=sys.stderr)
     return 0

@@ -3,6 +3,7 @@ probe on fixed validation conditions."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,17 @@ import numpy as np
 import torch
 
 from ardrag.video import draw_tracks, write_video
+
+
+@contextmanager
+def eval_mode(module: pl.LightningModule):
+    """`module` in eval mode for the block, then back in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def due(step: int, every: int) -> bool:
@@ -72,12 +84,8 @@ class SampleVideos(pl.Callback):
         batch = self._fixed_batch(trainer)
         if batch is None or not trainer.is_global_zero:
             return None
-        was_training = module.training
-        module.eval()
-        try:
+        with eval_mode(module):
             videos = module.sample_videos(batch)
-        finally:
-            module.train(was_training)
         tracks, visible = batch["tracks"].numpy(), batch["visible"].numpy()
         drawn = [draw_tracks(v, tracks[i], visible[i], self.scale) for i, v in enumerate(videos)]
         grid = np.concatenate(drawn, axis=2)  # videos side by side: (T, H, B * W, 3)
@@ -129,12 +137,8 @@ class RewardProbe(pl.Callback):
             self._batch = fixed_val_batch(trainer, self.num_conditions)
             if self._batch is None:
                 return None
-        was_training = module.training
-        module.eval()
-        try:
+        with eval_mode(module):
             means = module.probe_rewards(self._batch, self.seeds)
-        finally:
-            module.train(was_training)
         self._last_step = step
         metrics = {f"val/reward/{k}": v for k, v in means.items()}
         if trainer.logger is not None:

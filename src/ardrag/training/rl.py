@@ -259,9 +259,7 @@ class RLModule(StageModule):
         tracks, visible = batch["tracks"].numpy(), batch["visible"].numpy()
         sums: dict[str, list[float]] = {}
         for seed in seeds:
-            noise = randn(x0.shape, torch.Generator().manual_seed(int(seed)), self.device)
-            chunks = iter_rollout(Denoiser(self.policy, conds), noise, self.rollout_cfg)
-            videos = self.decode_videos(torch.cat([ch.clean for ch in chunks], dim=2))
+            videos = self._deployed_videos(conds, x0.shape, int(seed))
             for k, v in compute_rewards(self.reward_cfg, videos, tracks, visible).items():
                 sums.setdefault(k, []).append(float(v.mean()))
         return {k: float(np.mean(v)) for k, v in sums.items()}
@@ -269,6 +267,10 @@ class RLModule(StageModule):
     @torch.no_grad()
     def sample_videos(self, batch: dict[str, Any]) -> np.ndarray:
         x0, conds = self.conditions(batch)
-        noise = randn(x0.shape, torch.Generator().manual_seed(self.seed), self.device)
+        return self._deployed_videos(conds, x0.shape, self.seed)
+
+    def _deployed_videos(self, conds: Conditions, shape: tuple[int, ...], seed: int) -> np.ndarray:
+        """Decoded uint8 videos of the policy with the deployed sampler (every step ODE), noise fixed by `seed`."""
+        noise = randn(shape, torch.Generator().manual_seed(seed), self.device)
         chunks = iter_rollout(Denoiser(self.policy, conds), noise, self.rollout_cfg)
         return self.decode_videos(torch.cat([ch.clean for ch in chunks], dim=2))
