@@ -37,6 +37,29 @@ def test_group_advantages_are_standardised_per_group_and_frame():
         group_advantages(torch.zeros(6, 2), 4)
 
 
+def test_reward_to_go_credit_and_batch_scaled_advantages():
+    g = torch.Generator().manual_seed(1)
+    r = torch.rand(8, 4, generator=g)
+    r[:, 0] = 1.0 + 1e-3 * torch.rand(8, generator=g)  # frame 0: spread at the measurement-noise level only
+    # to_go: frame m is credited with the rewards of frames m..M-1 (the last frame with its own)
+    to_go = group_advantages(r, 4, credit="to_go", norm="group")
+    rtg = r.flip(1).cumsum(1).flip(1)
+    assert torch.allclose(to_go, group_advantages(rtg, 4, norm="group"), atol=1e-6)
+    assert torch.allclose(to_go[:, -1], group_advantages(r, 4)[:, -1], atol=1e-6)
+    # batch scale: centred per group and frame, one scale for the whole batch -> RMS 1 over the batch, and the
+    # noise-level frame gets a small advantage where the per-group std makes it +-1
+    a = group_advantages(r, 4, norm="batch").view(2, 4, 4)
+    assert a.mean(1).abs().max() < 1e-6
+    assert abs(float(a.pow(2).mean().sqrt()) - 1) < 1e-3
+    assert a[:, :, 0].abs().max() < 0.02
+    assert group_advantages(r, 4, norm="group").view(2, 4, 4)[:, :, 0].abs().max() > 0.9
+    assert torch.equal(group_advantages(torch.ones(8, 3), 4, norm="batch"), torch.zeros(8, 3))
+    with pytest.raises(ValueError, match="credit"):
+        group_advantages(r, 4, credit="future")
+    with pytest.raises(ValueError, match="adv_norm"):
+        group_advantages(r, 4, norm="global")
+
+
 def test_kl_is_zero_for_equal_policies_and_grows_with_divergence():
     mu = [torch.randn(2, 3, 1, 4, 4)]
     assert gaussian_kl(mu, mu, [0.3]).abs().max() == 0

@@ -26,6 +26,16 @@ class GRPOConfig:
     kl_weight: float = 0.01
     """beta: weight of the KL to the frozen reference policy (the initial student)."""
     adv_clip: float = 5.0
+    credit: str = "frame"
+    """What a frame's action is credited with: "frame" = that frame's reward (PAPER.md), "to_go" = the sum of its
+    and every later frame's rewards. A frame's action shapes all later frames through the KV cache, and the
+    tracker's error at frame m carries every earlier frame's drift, so the per-frame reward credits an action with
+    effects of earlier actions and none of its own later ones; the reward-to-go credits it with all of its own."""
+    adv_norm: str = "group"
+    """How advantages are scaled after centring on the group mean (per frame): "group" = divided by the group's
+    std at that frame (PAPER.md, Flow-GRPO); "batch" = divided by one std of the centred rewards over the whole
+    batch, so a frame whose G rollouts differ only at the reward's measurement noise (early frames: std ~0.001,
+    sub-pixel tracker jitter) gets a proportionally small advantage instead of a full +-1."""
     inner_updates: int = 2
     """Optimizer steps on each batch of rollouts (the first is exactly on-policy: ratio 1, nothing clipped)."""
     noise_level: float = 0.7
@@ -45,18 +55,31 @@ class GRPOConfig:
         return max(k, 1)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, clip: float = 5.0) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, clip: float = 5.0, credit: str = "frame", norm: str = "group"
+) -> torch.Tensor:
     """rewards (B * G, M), rollouts of one condition contiguous -> per-frame advantages (B * G, M).
 
-    A group whose rewards are all equal (nothing to learn from) gets advantage 0, not NaN.
+    credit / norm: as `GRPOConfig.credit` / `GRPOConfig.adv_norm`. A group whose rewards are all equal (nothing to
+    learn from) gets advantage 0, not NaN.
     """
     n, m = rewards.shape
     if n % group_size:
         raise ValueError(f"{n} rollouts are not groups of {group_size}")
-    r = rewards.float().view(n // group_size, group_size, m)
-    mean = r.mean(dim=1, keepdim=True)
-    std = r.std(dim=1, keepdim=True, unbiased=False)
-    adv = (r - mean) / (std + 1e-4)
+    r = rewards.float()
+    if credit == "to_go":
+        r = r.flip(1).cumsum(1).flip(1)
+    elif credit != "frame":
+        raise ValueError(f"credit must be 'frame' or 'to_go', got {credit!r}")
+    r = r.view(n // group_size, group_size, m)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if norm == "group":
+        scale = r.std(dim=1, keepdim=True, unbiased=False)
+    elif norm == "batch":
+        scale = centred.pow(2).mean().sqrt()
+    else:
+        raise ValueError(f"adv_norm must be 'group' or 'batch', got {norm!r}")
+    adv = centred / (scale + 1e-4)
     return adv.clamp(-clip, clip).view(n, m)
 
 

@@ -190,7 +190,9 @@ class RLModule(StageModule):
         c = self.rollout_cfg.causal.chunk_size
         total = torch.from_numpy(rew["total"])
         chunk_r = torch.stack([total[:, s : s + c].mean(1) for s in ro.chunk_starts], dim=1)
-        adv = group_advantages(chunk_r, gsz, self.grpo.adv_clip).to(self.device)
+        adv = group_advantages(chunk_r, gsz, self.grpo.adv_clip, self.grpo.credit, self.grpo.adv_norm).to(
+            self.device
+        )
         t2 = time.perf_counter()
         ref_den = Denoiser(self.reference, conds)
         with torch.no_grad():
