@@ -283,8 +283,8 @@ def _sample(img: np.ndarray, pts: np.ndarray, off: np.ndarray) -> np.ndarray:
     map_y = pts[:, 1:2] + off[None, :, 1]
     out = cv2.remap(
         img,
-        map_x.astype(np.float32),
-        map_y.astype(np.float32),
+        map_x.astype(np.float32, copy=False),  # float32 already in the tracker: no second copy of the maps
+        map_y.astype(np.float32, copy=False),
         cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REPLICATE,
     )
