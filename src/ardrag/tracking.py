@@ -188,6 +188,7 @@ class _Templates:
         g = np.arange(-half, half + 1, stride, dtype=np.float32)
         ox, oy = np.meshgrid(g, g)
         self.off = np.stack([ox.ravel(), oy.ravel()], 1)  # (P, 2)
+        self.off1 = g  # the offsets along each axis (the template is square)
         self.centre = np.flatnonzero(np.hypot(*self.off.T) <= max(1.5, stride))  # samples at the point itself
         d = np.float32(0.5 * stride)
         shifts = [(0, 0), (d, 0), (-d, 0), (0, d), (0, -d)]
@@ -220,7 +221,10 @@ class _Templates:
 
     def ncc(self, img: np.ndarray, pts: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Weighted zero-mean NCC (N',) of templates ``idx`` with ``img`` sampled at ``pts`` (N', 2)."""
-        patch = _sample(img, pts, self.off)  # (N', P, C)
+        return self.ncc_of(_sample(img, pts, self.off), idx)
+
+    def ncc_of(self, patch: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """``ncc`` of templates ``idx`` with patches (N', P, C) already sampled."""
         w1 = self.w1[idx]
         mean = (w1 @ patch)[:, 0]  # (N', C)
         var = (w1 @ (patch * patch))[:, 0].sum(-1) - (mean * mean).sum(-1)
@@ -289,6 +293,68 @@ def _sample(img: np.ndarray, pts: np.ndarray, off: np.ndarray) -> np.ndarray:
         borderMode=cv2.BORDER_REPLICATE,
     )
     return out.reshape(len(pts), len(off), -1)
+
+
+def _window_patches(
+    img: np.ndarray, centres: np.ndarray, grid: np.ndarray, off: np.ndarray, pi: np.ndarray, gi: np.ndarray
+) -> np.ndarray | None:
+    """``_sample(img, centres[pi] + cand[gi], template offsets)`` bit for bit, for candidates ``cand`` on the
+    square grid ``grid`` (1-D, step 2) around each centre, from one sampling of each centre's whole search area.
+
+    The search scores up to 121 overlapping template windows per point, so sampling each window anew (as
+    ``_sample``) repeats most samples dozens of times. The sample positions are float32 sums
+    ``(centre + g) + o``; they lie on one integer lattice per centre, except that ``centre + g`` rounds to a
+    coarser float32 step where it crosses a power of two, so each run of grid columns (rows) with the same
+    rounding gets its own lattice. ``off`` (1-D) are the template's offsets along an axis. Returns None (the
+    caller samples per window) unless the lattices reproduce every sample position exactly.
+    """
+    if len(grid) < 2 or not (np.all(grid == np.round(grid)) and np.all(off == np.round(off))):
+        return None
+    step, ostep = grid[1] - grid[0], off[1] - off[0] if len(off) > 1 else 1.0
+    lat = np.arange(grid[0] + off[0], grid[-1] + off[-1] + 1, dtype=np.float32)  # lattice offsets, 1 px
+    pos = (grid[:, None] - grid[0] + off[None] - off[0]).astype(np.int64)  # (Ng, No) lattice index of g + o
+    n = len(centres)
+    coords, variant = [], []
+    for c in centres.T:  # x, then y
+        cg = c[:, None] + grid[None]  # (n, Ng) as the caller's candidates
+        base = cg - grid[None]  # the centre as rounded with each g: exact float32 differences
+        v = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(base[:, 1:] != base[:, :-1], 1)], 1)
+        bases = np.repeat(base[:, :1], v.max() + 1, 1)
+        bases[np.arange(n)[:, None], v] = base
+        lc = bases[..., None] + lat  # (n, V, L) lattice positions
+        want = cg[..., None] + off  # (n, Ng, No) the caller's sample positions
+        if not np.array_equal(lc[np.arange(n)[:, None, None], v[..., None], pos[None]], want):
+            return None
+        coords.append(lc)
+        variant.append(v)
+    (lx, ly), (vx, vy) = coords, variant
+    nl = len(lat)
+    shape = (n, ly.shape[1], nl, lx.shape[1], nl)
+    map_x = np.broadcast_to(lx[:, None, None], shape).reshape(-1, lx.shape[1] * nl)
+    map_y = np.broadcast_to(ly[:, :, :, None, None], shape).reshape(-1, lx.shape[1] * nl)
+    rows = 32000 // map_x.shape[1] * map_x.shape[1]  # remap's maps are limited to 32767 rows
+    big = np.concatenate(
+        [
+            cv2.remap(
+                img,
+                map_x[r : r + rows],
+                map_y[r : r + rows],
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+            for r in range(0, len(map_x), rows)
+        ]
+    ).reshape(*shape, -1)  # (n, Vy, L, Vx, L, C)
+    sn, svy, sy, svx, sx, sc = big.strides
+    ng, no, k, s = len(grid), len(off), int(step), int(ostep)
+    win = np.lib.stride_tricks.as_strided(
+        big,
+        (n, shape[1], ng, shape[3], ng, no, no, big.shape[-1]),
+        (sn, svy, k * sy, svx, k * sx, s * sy, s * sx, sc),
+        writeable=False,
+    )
+    gy, gx = gi // ng, gi % ng
+    return win[pi, vy[pi, gy], gy, vx[pi, gx], gx].reshape(len(pi), no * no, -1)
 
 
 def _patches(gray: np.ndarray, pts: np.ndarray, win: int) -> np.ndarray:
