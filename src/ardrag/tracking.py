@@ -494,27 +494,36 @@ def track_points(
     )
     rgb = p.lk_rgb if p.lk_rgb is not None else min(h, w) <= 256
     lk_frames = frames if rgb else to_gray(frames)
+    # The search grid for hidden points (offsets from the course, 2 px apart; see the search below).
+    g = np.arange(-p.search_px, p.search_px + 1, 2.0, dtype=np.float32)
+    gx, gy = np.meshgrid(g, g)
+    grid = np.stack([gx.ravel(), gy.ravel()], 1)
     prev = lk_frames[0]
     for i in range(1, t):
         cur = lk_frames[i]
         idx = np.flatnonzero(state.followed)
         if idx.size:
-            p0 = state.est[idx].reshape(-1, 1, 2)
-            p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, cur, p0, None, **lk)
-            alive = st1.ravel() == 1
-            if p.fb_threshold is not None:
-                p0b, st0, _ = cv2.calcOpticalFlowPyrLK(
-                    cur, prev, p1, p0.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk
-                )
-                fb = np.linalg.norm(p0b - p0, axis=-1).ravel()
-                alive &= (st0.ravel() == 1) & (fb <= p.fb_threshold)
             img = _prep(frames[i], stride)
             guess = state.est[idx] + state.vel[idx]  # the point's constant-velocity course
             hidden = ~state.visible[i - 1, idx]
             # A hidden point (occluded, so LK would follow whatever covers it) coasts along its course and is
-            # looked for there: LK's prediction is not used for it.
-            alive |= hidden
-            new = np.where(alive[:, None] & ~hidden[:, None], p1.reshape(-1, 2), guess)
+            # looked for there: LK's prediction is not used for it, so LK runs on the shown points only (LK
+            # tracks each point on its own).
+            alive = hidden.copy()
+            new = guess.copy()
+            shown = np.flatnonzero(~hidden)
+            if shown.size:
+                p0 = state.est[idx[shown]].reshape(-1, 1, 2)
+                p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, cur, p0, None, **lk)
+                ok = st1.ravel() == 1
+                if p.fb_threshold is not None:
+                    p0b, st0, _ = cv2.calcOpticalFlowPyrLK(
+                        cur, prev, p1, p0.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk
+                    )
+                    fb = np.linalg.norm(p0b - p0, axis=-1).ravel()
+                    ok &= (st0.ravel() == 1) & (fb <= p.fb_threshold)
+                alive[shown] = ok
+                new[shown[ok]] = p1.reshape(-1, 2)[ok]
             new = tpl.refine(img, new, idx, p.refine_iters)  # anchored at frame 0: no accumulated drift
             ncc = tpl.ncc(img, new, idx)
             if p.second_start:
@@ -533,14 +542,14 @@ def track_points(
                 # course is extrapolated from before the occlusion): best NCC on a 2 px grid, then refined.
                 hid = np.flatnonzero(hidden)
                 rad = np.minimum(2.0 * state.hidden_for[idx[hid]], p.search_px)
-                g = np.arange(-p.search_px, p.search_px + 1, 2.0, dtype=np.float32)
-                gx, gy = np.meshgrid(g, g)
-                grid = np.stack([gx.ravel(), gy.ravel()], 1)
                 cand = guess[hid, None] + grid[None]  # (n, G, 2)
                 # Scored only inside each point's window (most of the tracker's time goes here).
                 inside = np.abs(grid).max(1)[None] <= rad[:, None]  # (n, G)
                 pi, gi = np.nonzero(inside)
-                vals = tpl.ncc(img, cand[pi, gi], idx[hid][pi])
+                patch = _window_patches(img, guess[hid], g, tpl.off1, pi, gi)
+                if patch is None:
+                    patch = _sample(img, cand[pi, gi], tpl.off)
+                vals = tpl.ncc_of(patch, idx[hid][pi])
                 sc = np.full(inside.shape, -np.inf, dtype=vals.dtype)
                 sc[pi, gi] = vals
                 top = sc.argmax(1)
