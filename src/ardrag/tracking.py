@@ -224,13 +224,15 @@ class _Templates:
         return self.ncc_of(_sample(img, pts, self.off), idx)
 
     def ncc_of(self, patch: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """``ncc`` of templates ``idx`` with patches (N', P, C) already sampled."""
-        w1 = self.w1[idx]
-        mean = (w1 @ patch)[:, 0]  # (N', C)
-        var = (w1 @ (patch * patch))[:, 0].sum(-1) - (mean * mean).sum(-1)
-        dot = (self.wt[idx] @ patch.reshape(len(idx), -1, 1))[:, 0, 0]
-        out = dot / np.maximum(self.tn[idx] * np.sqrt(np.maximum(var, 0)), 1e-6)
-        return np.where(self.flat[idx], 1.0, out)
+        """``ncc`` of templates ``idx`` (N',) with patches already sampled: (N', P, C) -> (N',), or (N', G, P, C)
+        (G patches per template) -> (N', G)."""
+        ex = (slice(None),) + (None,) * (patch.ndim - 3)  # a template's arrays are shared by its G patches
+        w1 = self.w1[idx][ex]
+        mean = (w1 @ patch)[..., 0, :]  # (N', [G,] C)
+        var = (w1 @ (patch * patch))[..., 0, :].sum(-1) - (mean * mean).sum(-1)
+        dot = (self.wt[idx][ex] @ patch.reshape(*patch.shape[:-2], -1, 1))[..., 0, 0]
+        out = dot / np.maximum(self.tn[idx][ex] * np.sqrt(np.maximum(var, 0)), 1e-6)
+        return np.where(self.flat[idx][ex], 1.0, out)
 
     def robust_ncc(
         self, img: np.ndarray, pts: np.ndarray, idx: np.ndarray, tau: float, iters: int = 3
@@ -295,11 +297,10 @@ def _sample(img: np.ndarray, pts: np.ndarray, off: np.ndarray) -> np.ndarray:
     return out.reshape(len(pts), len(off), -1)
 
 
-def _window_patches(
-    img: np.ndarray, centres: np.ndarray, grid: np.ndarray, off: np.ndarray, pi: np.ndarray, gi: np.ndarray
-) -> np.ndarray | None:
-    """``_sample(img, centres[pi] + cand[gi], template offsets)`` bit for bit, for candidates ``cand`` on the
-    square grid ``grid`` (1-D, step 2) around each centre, from one sampling of each centre's whole search area.
+def _search_area(img: np.ndarray, centres: np.ndarray, grid: np.ndarray, off: np.ndarray):
+    """Samples each centre's whole search area once; returns ``cut(pi, gi)``, which gives
+    ``_sample(img, centres[pi] + cand[gi], template offsets)`` bit for bit, for candidates ``cand`` on the
+    square grid ``grid`` (1-D, step 2) around each centre.
 
     The search scores up to 121 overlapping template windows per point, so sampling each window anew (as
     ``_sample``) repeats most samples dozens of times. The sample positions are float32 sums
@@ -353,8 +354,12 @@ def _window_patches(
         (sn, svy, k * sy, svx, k * sx, s * sy, s * sx, sc),
         writeable=False,
     )
-    gy, gx = gi // ng, gi % ng
-    return win[pi, vy[pi, gy], gy, vx[pi, gx], gx].reshape(len(pi), no * no, -1)
+
+    def cut(pi: np.ndarray, gi: np.ndarray) -> np.ndarray:
+        gy, gx = gi // ng, gi % ng
+        return win[pi, vy[pi, gy], gy, vx[pi, gx], gx].reshape(len(pi), no * no, -1)
+
+    return cut
 
 
 def _patches(gray: np.ndarray, pts: np.ndarray, win: int) -> np.ndarray:
@@ -543,15 +548,19 @@ def track_points(
                 hid = np.flatnonzero(hidden)
                 rad = np.minimum(2.0 * state.hidden_for[idx[hid]], p.search_px)
                 cand = guess[hid, None] + grid[None]  # (n, G, 2)
-                # Scored only inside each point's window (most of the tracker's time goes here).
+                # Scored only inside each point's window (most of the tracker's time goes here); points hidden
+                # equally long have the same window and are scored together, sharing their template's arrays.
                 inside = np.abs(grid).max(1)[None] <= rad[:, None]  # (n, G)
-                pi, gi = np.nonzero(inside)
-                patch = _window_patches(img, guess[hid], g, tpl.off1, pi, gi)
-                if patch is None:
-                    patch = _sample(img, cand[pi, gi], tpl.off)
-                vals = tpl.ncc_of(patch, idx[hid][pi])
-                sc = np.full(inside.shape, -np.inf, dtype=vals.dtype)
-                sc[pi, gi] = vals
+                cut = _search_area(img, guess[hid], g, tpl.off1)
+                sc = np.full(inside.shape, -np.inf, dtype=np.float32)
+                for r in np.unique(rad):
+                    pr = np.flatnonzero(rad == r)
+                    gr = np.flatnonzero(inside[pr[0]])
+                    pi, gi = np.repeat(pr, len(gr)), np.tile(gr, len(pr))
+                    patch = cut(pi, gi) if cut is not None else _sample(img, cand[pi, gi], tpl.off)
+                    sc[pr[:, None], gr] = tpl.ncc_of(
+                        patch.reshape(len(pr), len(gr), *patch.shape[1:]), idx[hid[pr]]
+                    )
                 top = sc.argmax(1)
                 best = cand[np.arange(len(hid)), top]
                 # Only an unambiguous find counts: every place 4 px or more from the best must match clearly
