@@ -554,13 +554,15 @@ def track_points(
                 cut = _search_area(img, guess[hid], g, tpl.off1)
                 sc = np.full(inside.shape, -np.inf, dtype=np.float32)
                 for r in np.unique(rad):
-                    pr = np.flatnonzero(rad == r)
-                    gr = np.flatnonzero(inside[pr[0]])
-                    pi, gi = np.repeat(pr, len(gr)), np.tile(gr, len(pr))
-                    patch = cut(pi, gi) if cut is not None else _sample(img, cand[pi, gi], tpl.off)
-                    sc[pr[:, None], gr] = tpl.ncc_of(
-                        patch.reshape(len(pr), len(gr), *patch.shape[1:]), idx[hid[pr]]
-                    )
+                    same = np.flatnonzero(rad == r)
+                    gr = np.flatnonzero(inside[same[0]])
+                    # In blocks of about 1 MB of patches: the temporaries stay in the CPU cache.
+                    block = max(1, (1 << 20) // (len(gr) * tpl.off.shape[0] * img.shape[-1] * img.itemsize))
+                    for pr in np.split(same, np.arange(block, len(same), block)):
+                        pi, gi = np.repeat(pr, len(gr)), np.tile(gr, len(pr))
+                        patch = cut(pi, gi) if cut is not None else _sample(img, cand[pi, gi], tpl.off)
+                        patch = patch.reshape(len(pr), len(gr), *patch.shape[1:])
+                        sc[pr[:, None], gr] = tpl.ncc_of(patch, idx[hid[pr]])
                 top = sc.argmax(1)
                 best = cand[np.arange(len(hid)), top]
                 # Only an unambiguous find counts: every place 4 px or more from the best must match clearly
