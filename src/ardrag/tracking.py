@@ -516,6 +516,9 @@ def track_points(
             # tracks each point on its own).
             alive = hidden.copy()
             new = guess.copy()
+            # Refined and matched here: the shown points only (a hidden point's place and match come from the
+            # search below, which overwrites both; a point is only followed while hidden with ``reacquire``).
+            ncc = np.zeros(len(idx), np.float32)
             shown = np.flatnonzero(~hidden)
             if shown.size:
                 p0 = state.est[idx[shown]].reshape(-1, 1, 2)
@@ -529,13 +532,14 @@ def track_points(
                     ok &= (st0.ravel() == 1) & (fb <= p.fb_threshold)
                 alive[shown] = ok
                 new[shown[ok]] = p1.reshape(-1, 2)[ok]
-            new = tpl.refine(img, new, idx, p.refine_iters)  # anchored at frame 0: no accumulated drift
-            ncc = tpl.ncc(img, new, idx)
+                # Anchored at frame 0: no accumulated drift.
+                new[shown] = tpl.refine(img, new[shown], idx[shown], p.refine_iters)
+                ncc[shown] = tpl.ncc(img, new[shown], idx[shown])
             if p.second_start:
                 # LK's coarse pyramid levels see up to 8x its window, so an object moving fast nearby (an
                 # occluder passing) can drag the prediction tens of pixels; the point's own constant-velocity
                 # guess, refined the same way, is the other start, and the better template match wins.
-                far = np.flatnonzero(np.linalg.norm(guess - new, axis=1) > 1.0)
+                far = shown[np.linalg.norm(guess[shown] - new[shown], axis=1) > 1.0]
                 if far.size:
                     alt = tpl.refine(img, guess[far], idx[far], p.refine_iters)
                     alt_ncc = tpl.ncc(img, alt, idx[far])
