@@ -333,7 +333,7 @@ def _search_area(img: np.ndarray, centres: np.ndarray, grid: np.ndarray, off: np
     shape = (n, ly.shape[1], nl, lx.shape[1], nl)
     map_x = np.broadcast_to(lx[:, None, None], shape).reshape(-1, lx.shape[1] * nl)
     map_y = np.broadcast_to(ly[:, :, :, None, None], shape).reshape(-1, lx.shape[1] * nl)
-    rows = 32000 // map_x.shape[1] * map_x.shape[1]  # remap's maps are limited to 32767 rows
+    rows = 32000  # remap's maps are limited to 32767 rows
     big = np.concatenate(
         [
             cv2.remap(
