@@ -576,7 +576,9 @@ def track_points(
                 unique = sc.max(1) - second >= p.reacquire_margin
                 found = tpl.refine(img, best, idx[hid], p.refine_iters)
                 new[hid] = found
-                ncc[hid] = np.where(unique, tpl.ncc(img, found, idx[hid]), -1.0)
+                ncc[hid] = -1.0
+                if unique.any():  # only an unambiguous find is matched
+                    ncc[hid[unique]] = tpl.ncc(img, found[unique], idx[hid[unique]])
             alive &= _inside(new, h, w)
             partial = np.zeros(len(idx), bool)
             if p.partial_tau is not None:
