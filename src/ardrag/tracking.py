@@ -188,6 +188,7 @@ class _Templates:
         g = np.arange(-half, half + 1, stride, dtype=np.float32)
         ox, oy = np.meshgrid(g, g)
         self.off = np.stack([ox.ravel(), oy.ravel()], 1)  # (P, 2)
+        self.off1 = g  # the offsets along each axis (the template is square)
         self.centre = np.flatnonzero(np.hypot(*self.off.T) <= max(1.5, stride))  # samples at the point itself
         d = np.float32(0.5 * stride)
         shifts = [(0, 0), (d, 0), (-d, 0), (0, d), (0, -d)]
@@ -220,13 +221,18 @@ class _Templates:
 
     def ncc(self, img: np.ndarray, pts: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Weighted zero-mean NCC (N',) of templates ``idx`` with ``img`` sampled at ``pts`` (N', 2)."""
-        patch = _sample(img, pts, self.off)  # (N', P, C)
-        w1 = self.w1[idx]
-        mean = (w1 @ patch)[:, 0]  # (N', C)
-        var = (w1 @ (patch * patch))[:, 0].sum(-1) - (mean * mean).sum(-1)
-        dot = (self.wt[idx] @ patch.reshape(len(idx), -1, 1))[:, 0, 0]
-        out = dot / np.maximum(self.tn[idx] * np.sqrt(np.maximum(var, 0)), 1e-6)
-        return np.where(self.flat[idx], 1.0, out)
+        return self.ncc_of(_sample(img, pts, self.off), idx)
+
+    def ncc_of(self, patch: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """``ncc`` of templates ``idx`` (N',) with patches already sampled: (N', P, C) -> (N',), or (N', G, P, C)
+        (G patches per template) -> (N', G)."""
+        ex = (slice(None),) + (None,) * (patch.ndim - 3)  # a template's arrays are shared by its G patches
+        w1 = self.w1[idx][ex]
+        mean = (w1 @ patch)[..., 0, :]  # (N', [G,] C)
+        var = (w1 @ (patch * patch))[..., 0, :].sum(-1) - (mean * mean).sum(-1)
+        dot = (self.wt[idx][ex] @ patch.reshape(*patch.shape[:-2], -1, 1))[..., 0, 0]
+        out = dot / np.maximum(self.tn[idx][ex] * np.sqrt(np.maximum(var, 0)), 1e-6)
+        return np.where(self.flat[idx][ex], 1.0, out)
 
     def robust_ncc(
         self, img: np.ndarray, pts: np.ndarray, idx: np.ndarray, tau: float, iters: int = 3
@@ -283,12 +289,77 @@ def _sample(img: np.ndarray, pts: np.ndarray, off: np.ndarray) -> np.ndarray:
     map_y = pts[:, 1:2] + off[None, :, 1]
     out = cv2.remap(
         img,
-        map_x.astype(np.float32),
-        map_y.astype(np.float32),
+        map_x.astype(np.float32, copy=False),  # float32 already in the tracker: no second copy of the maps
+        map_y.astype(np.float32, copy=False),
         cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REPLICATE,
     )
     return out.reshape(len(pts), len(off), -1)
+
+
+def _search_area(img: np.ndarray, centres: np.ndarray, grid: np.ndarray, off: np.ndarray):
+    """Samples each centre's whole search area once; returns ``cut(pi, gi)``, which gives
+    ``_sample(img, centres[pi] + cand[gi], template offsets)`` bit for bit, for candidates ``cand`` on the
+    square grid ``grid`` (1-D, step 2) around each centre.
+
+    The search scores up to 121 overlapping template windows per point, so sampling each window anew (as
+    ``_sample``) repeats most samples dozens of times. The sample positions are float32 sums
+    ``(centre + g) + o``; they lie on one integer lattice per centre, except that ``centre + g`` rounds to a
+    coarser float32 step where it crosses a power of two, so each run of grid columns (rows) with the same
+    rounding gets its own lattice. ``off`` (1-D) are the template's offsets along an axis. Returns None (the
+    caller samples per window) unless the lattices reproduce every sample position exactly.
+    """
+    if len(grid) < 2 or not (np.all(grid == np.round(grid)) and np.all(off == np.round(off))):
+        return None
+    step, ostep = grid[1] - grid[0], off[1] - off[0] if len(off) > 1 else 1.0
+    lat = np.arange(grid[0] + off[0], grid[-1] + off[-1] + 1, dtype=np.float32)  # lattice offsets, 1 px
+    pos = (grid[:, None] - grid[0] + off[None] - off[0]).astype(np.int64)  # (Ng, No) lattice index of g + o
+    n = len(centres)
+    coords, variant = [], []
+    for c in centres.T:  # x, then y
+        cg = c[:, None] + grid[None]  # (n, Ng) as the caller's candidates
+        base = cg - grid[None]  # the centre as rounded with each g: exact float32 differences
+        v = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(base[:, 1:] != base[:, :-1], 1)], 1)
+        bases = np.repeat(base[:, :1], v.max() + 1, 1)
+        bases[np.arange(n)[:, None], v] = base
+        lc = bases[..., None] + lat  # (n, V, L) lattice positions
+        want = cg[..., None] + off  # (n, Ng, No) the caller's sample positions
+        if not np.array_equal(lc[np.arange(n)[:, None, None], v[..., None], pos[None]], want):
+            return None
+        coords.append(lc)
+        variant.append(v)
+    (lx, ly), (vx, vy) = coords, variant
+    nl = len(lat)
+    shape = (n, ly.shape[1], nl, lx.shape[1], nl)
+    map_x = np.broadcast_to(lx[:, None, None], shape).reshape(-1, lx.shape[1] * nl)
+    map_y = np.broadcast_to(ly[:, :, :, None, None], shape).reshape(-1, lx.shape[1] * nl)
+    rows = 32000  # remap's maps are limited to 32767 rows
+    big = np.concatenate(
+        [
+            cv2.remap(
+                img,
+                map_x[r : r + rows],
+                map_y[r : r + rows],
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+            for r in range(0, len(map_x), rows)
+        ]
+    ).reshape(*shape, -1)  # (n, Vy, L, Vx, L, C)
+    sn, svy, sy, svx, sx, sc = big.strides
+    ng, no, k, s = len(grid), len(off), int(step), int(ostep)
+    win = np.lib.stride_tricks.as_strided(
+        big,
+        (n, shape[1], ng, shape[3], ng, no, no, big.shape[-1]),
+        (sn, svy, k * sy, svx, k * sx, s * sy, s * sx, sc),
+        writeable=False,
+    )
+
+    def cut(pi: np.ndarray, gi: np.ndarray) -> np.ndarray:
+        gy, gx = gi // ng, gi % ng
+        return win[pi, vy[pi, gy], gy, vx[pi, gx], gx].reshape(len(pi), no * no, -1)
+
+    return cut
 
 
 def _patches(gray: np.ndarray, pts: np.ndarray, win: int) -> np.ndarray:
@@ -428,34 +499,47 @@ def track_points(
     )
     rgb = p.lk_rgb if p.lk_rgb is not None else min(h, w) <= 256
     lk_frames = frames if rgb else to_gray(frames)
+    # The search grid for hidden points (offsets from the course, 2 px apart; see the search below).
+    g = np.arange(-p.search_px, p.search_px + 1, 2.0, dtype=np.float32)
+    gx, gy = np.meshgrid(g, g)
+    grid = np.stack([gx.ravel(), gy.ravel()], 1)
     prev = lk_frames[0]
     for i in range(1, t):
         cur = lk_frames[i]
         idx = np.flatnonzero(state.followed)
         if idx.size:
-            p0 = state.est[idx].reshape(-1, 1, 2)
-            p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, cur, p0, None, **lk)
-            alive = st1.ravel() == 1
-            if p.fb_threshold is not None:
-                p0b, st0, _ = cv2.calcOpticalFlowPyrLK(
-                    cur, prev, p1, p0.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk
-                )
-                fb = np.linalg.norm(p0b - p0, axis=-1).ravel()
-                alive &= (st0.ravel() == 1) & (fb <= p.fb_threshold)
             img = _prep(frames[i], stride)
             guess = state.est[idx] + state.vel[idx]  # the point's constant-velocity course
             hidden = ~state.visible[i - 1, idx]
             # A hidden point (occluded, so LK would follow whatever covers it) coasts along its course and is
-            # looked for there: LK's prediction is not used for it.
-            alive |= hidden
-            new = np.where(alive[:, None] & ~hidden[:, None], p1.reshape(-1, 2), guess)
-            new = tpl.refine(img, new, idx, p.refine_iters)  # anchored at frame 0: no accumulated drift
-            ncc = tpl.ncc(img, new, idx)
+            # looked for there: LK's prediction is not used for it, so LK runs on the shown points only (LK
+            # tracks each point on its own).
+            alive = hidden.copy()
+            new = guess.copy()
+            # Refined and matched here: the shown points only (a hidden point's place and match come from the
+            # search below, which overwrites both; a point is only followed while hidden with ``reacquire``).
+            ncc = np.zeros(len(idx), np.float32)
+            shown = np.flatnonzero(~hidden)
+            if shown.size:
+                p0 = state.est[idx[shown]].reshape(-1, 1, 2)
+                p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, cur, p0, None, **lk)
+                ok = st1.ravel() == 1
+                if p.fb_threshold is not None:
+                    p0b, st0, _ = cv2.calcOpticalFlowPyrLK(
+                        cur, prev, p1, p0.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk
+                    )
+                    fb = np.linalg.norm(p0b - p0, axis=-1).ravel()
+                    ok &= (st0.ravel() == 1) & (fb <= p.fb_threshold)
+                alive[shown] = ok
+                new[shown[ok]] = p1.reshape(-1, 2)[ok]
+                # Anchored at frame 0: no accumulated drift.
+                new[shown] = tpl.refine(img, new[shown], idx[shown], p.refine_iters)
+                ncc[shown] = tpl.ncc(img, new[shown], idx[shown])
             if p.second_start:
                 # LK's coarse pyramid levels see up to 8x its window, so an object moving fast nearby (an
                 # occluder passing) can drag the prediction tens of pixels; the point's own constant-velocity
                 # guess, refined the same way, is the other start, and the better template match wins.
-                far = np.flatnonzero(np.linalg.norm(guess - new, axis=1) > 1.0)
+                far = shown[np.linalg.norm(guess[shown] - new[shown], axis=1) > 1.0]
                 if far.size:
                     alt = tpl.refine(img, guess[far], idx[far], p.refine_iters)
                     alt_ncc = tpl.ncc(img, alt, idx[far])
@@ -467,16 +551,22 @@ def track_points(
                 # course is extrapolated from before the occlusion): best NCC on a 2 px grid, then refined.
                 hid = np.flatnonzero(hidden)
                 rad = np.minimum(2.0 * state.hidden_for[idx[hid]], p.search_px)
-                g = np.arange(-p.search_px, p.search_px + 1, 2.0, dtype=np.float32)
-                gx, gy = np.meshgrid(g, g)
-                grid = np.stack([gx.ravel(), gy.ravel()], 1)
                 cand = guess[hid, None] + grid[None]  # (n, G, 2)
-                # Scored only inside each point's window (most of the tracker's time goes here).
+                # Scored only inside each point's window (most of the tracker's time goes here); points hidden
+                # equally long have the same window and are scored together, sharing their template's arrays.
                 inside = np.abs(grid).max(1)[None] <= rad[:, None]  # (n, G)
-                pi, gi = np.nonzero(inside)
-                vals = tpl.ncc(img, cand[pi, gi], idx[hid][pi])
-                sc = np.full(inside.shape, -np.inf, dtype=vals.dtype)
-                sc[pi, gi] = vals
+                cut = _search_area(img, guess[hid], g, tpl.off1)
+                sc = np.full(inside.shape, -np.inf, dtype=np.float32)
+                for r in np.unique(rad):
+                    same = np.flatnonzero(rad == r)
+                    gr = np.flatnonzero(inside[same[0]])
+                    # In blocks of about 1 MB of patches: the temporaries stay in the CPU cache.
+                    block = max(1, (1 << 20) // (len(gr) * tpl.off.shape[0] * img.shape[-1] * img.itemsize))
+                    for pr in np.split(same, np.arange(block, len(same), block)):
+                        pi, gi = np.repeat(pr, len(gr)), np.tile(gr, len(pr))
+                        patch = cut(pi, gi) if cut is not None else _sample(img, cand[pi, gi], tpl.off)
+                        patch = patch.reshape(len(pr), len(gr), *patch.shape[1:])
+                        sc[pr[:, None], gr] = tpl.ncc_of(patch, idx[hid[pr]])
                 top = sc.argmax(1)
                 best = cand[np.arange(len(hid)), top]
                 # Only an unambiguous find counts: every place 4 px or more from the best must match clearly
@@ -486,7 +576,9 @@ def track_points(
                 unique = sc.max(1) - second >= p.reacquire_margin
                 found = tpl.refine(img, best, idx[hid], p.refine_iters)
                 new[hid] = found
-                ncc[hid] = np.where(unique, tpl.ncc(img, found, idx[hid]), -1.0)
+                ncc[hid] = -1.0
+                if unique.any():  # only an unambiguous find is matched
+                    ncc[hid[unique]] = tpl.ncc(img, found[unique], idx[hid[unique]])
             alive &= _inside(new, h, w)
             partial = np.zeros(len(idx), bool)
             if p.partial_tau is not None:
