@@ -117,6 +117,24 @@ def test_points_leaving_the_frame_become_invisible():
     assert np.isfinite(tracks).all()
 
 
+def test_a_scene_cut_hiding_a_thousand_points():
+    """A cut to another shot hides every point at once. The re-acquisition search then asks for up to 121 windows
+    per hidden point, which used to exceed OpenCV remap's 32767-row limit (a crash from ~270-400 hidden points on).
+    Now the points are dropped after the cut, and each point is tracked as if alone."""
+    from benchmark.tracker_check import _photo
+
+    a, b = _photo("astronaut.png", (96, 128)), _photo("coffee.png", (96, 128))
+    frames = np.stack([a] * 4 + [b] * 8)
+    gx, gy = np.meshgrid(np.arange(4.0, 124.0, 3.0), np.arange(4.0, 92.0, 3.0))
+    pts = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)  # 1200 points
+    tracks, visible = track_points(frames, pts)
+    assert visible[:4].mean() > 0.8 and visible[4:].mean() < 0.05
+    few = np.arange(0, len(pts), 30)
+    alone_t, alone_v = track_points(frames, pts[few])
+    np.testing.assert_allclose(tracks[:, few], alone_t, atol=1e-4)
+    assert np.array_equal(visible[:, few], alone_v)
+
+
 def test_bad_inputs_are_refused():
     frames = np.zeros((3, 8, 8, 3), np.uint8)
     with pytest.raises(ValueError, match="uint8"):

@@ -287,14 +287,30 @@ def _sample(img: np.ndarray, pts: np.ndarray, off: np.ndarray) -> np.ndarray:
     """Bilinear samples of float32 (H, W, C) ``img`` at points (N, 2) + offsets (P, 2) -> (N, P, C)."""
     map_x = pts[:, :1] + off[None, :, 0]
     map_y = pts[:, 1:2] + off[None, :, 1]
-    out = cv2.remap(
-        img,
-        map_x.astype(np.float32, copy=False),  # float32 already in the tracker: no second copy of the maps
-        map_y.astype(np.float32, copy=False),
-        cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
+    # float32 already in the tracker: no second copy of the maps
+    out = _remap(img, map_x.astype(np.float32, copy=False), map_y.astype(np.float32, copy=False))
     return out.reshape(len(pts), len(off), -1)
+
+
+_REMAP_ROWS = 32000
+"""OpenCV's remap refuses maps of 32767 rows or more; longer maps (one row per point or window) go in chunks."""
+
+
+def _remap(img: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    """Bilinear remap with replicated borders, in chunks of `_REMAP_ROWS` map rows (a point per row: remap reads
+    each output pixel from its own map entry, so chunking changes nothing)."""
+    return np.concatenate(
+        [
+            cv2.remap(
+                img,
+                map_x[r : r + _REMAP_ROWS],
+                map_y[r : r + _REMAP_ROWS],
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+            for r in range(0, max(len(map_x), 1), _REMAP_ROWS)
+        ]
+    )
 
 
 def _search_area(img: np.ndarray, centres: np.ndarray, grid: np.ndarray, off: np.ndarray):
@@ -333,19 +349,7 @@ def _search_area(img: np.ndarray, centres: np.ndarray, grid: np.ndarray, off: np
     shape = (n, ly.shape[1], nl, lx.shape[1], nl)
     map_x = np.broadcast_to(lx[:, None, None], shape).reshape(-1, lx.shape[1] * nl)
     map_y = np.broadcast_to(ly[:, :, :, None, None], shape).reshape(-1, lx.shape[1] * nl)
-    rows = 32000  # remap's maps are limited to 32767 rows
-    big = np.concatenate(
-        [
-            cv2.remap(
-                img,
-                map_x[r : r + rows],
-                map_y[r : r + rows],
-                cv2.INTER_LINEAR,
-                borderMode=cv2.BORDER_REPLICATE,
-            )
-            for r in range(0, len(map_x), rows)
-        ]
-    ).reshape(*shape, -1)  # (n, Vy, L, Vx, L, C)
+    big = _remap(img, map_x, map_y).reshape(*shape, -1)  # (n, Vy, L, Vx, L, C)
     sn, svy, sy, svx, sx, sc = big.strides
     ng, no, k, s = len(grid), len(off), int(step), int(ostep)
     win = np.lib.stride_tricks.as_strided(
