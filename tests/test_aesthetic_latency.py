@@ -101,3 +101,37 @@ def test_latency_excludes_warmup_and_times_each_frame(monkeypatch):
     assert out["per_frame_by_index"] == pytest.approx([2.0, 0.5, 0.5, 0.5])
     assert out["total"] == pytest.approx(3.5) and out["fps"] == pytest.approx(4 / 3.5)
     assert out["peak_memory_mb"] > 0 and "torch threads" in out["hardware"]
+
+
+def test_the_rl_aesthetic_reward_is_the_scorer_per_frame(tiny_clip):
+    """The paper's R_quality as an RL reward term: the LAION score of each frame / 10, weighted into the total,
+    refused with a clear error when the weights are not given."""
+    from ardrag.training.rewards import RewardConfig, check_reward_config, compute_rewards
+
+    folder, _ = tiny_clip
+    cfg = RewardConfig(
+        motion=1.0,
+        quality=0.2,
+        aesthetic=0.5,
+        aesthetic_clip=str(folder),
+        aesthetic_head=str(folder / "head.pth"),
+    )
+    check_reward_config(cfg)
+    rng = np.random.default_rng(0)
+    videos = (rng.random((2, 5, 40, 40, 3)) * 255).astype(np.uint8)
+    tracks = np.tile(np.array([[20.0, 20.0]], np.float32), (2, 5, 1, 1))
+    visible = np.ones((2, 5, 1), bool)
+    out = compute_rewards(cfg, videos, tracks, visible)
+    scorer = load_aesthetic({"clip": str(folder), "head": str(folder / "head.pth")})
+    expected = scorer(videos.reshape(10, 40, 40, 3)).reshape(2, 5) / 10
+    np.testing.assert_allclose(out["aesthetic"], expected, rtol=1e-5, atol=1e-6)
+    total = out["motion"] + 0.2 * out["quality"] + 0.5 * out["aesthetic"]
+    np.testing.assert_allclose(out["total"], total, rtol=1e-6)
+    later = videos.copy()
+    later[:, 3:] = 255 - later[:, 3:]  # changing frames 3-4 leaves frames 0-2's aesthetic rewards alone
+    np.testing.assert_allclose(
+        compute_rewards(cfg, later, tracks, visible)["aesthetic"][:, :3], expected[:, :3]
+    )
+    assert "aesthetic" not in compute_rewards(RewardConfig(), videos, tracks, visible)
+    with pytest.raises(ValueError, match="needs local weights"):
+        check_reward_config(RewardConfig(aesthetic=1.0))

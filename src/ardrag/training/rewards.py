@@ -7,6 +7,7 @@ frame to frame). `frame_rewards_to_latent` averages them over the video frames o
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +27,8 @@ class RewardConfig:
     static video of the toy test split is off by 10.7 px on average) already earns nothing, so the reward
     separates following from not following; lam = 1 / alpha scales a perfect frame to 1.
 
-    Quality (appearance consistency, weight-free so it runs offline; the LAION aesthetic predictor needs local
-    weights): exp(-d_t / tau), d_t = mean absolute difference (intensity in [0, 1]) between the patch around each
+    Quality (appearance consistency, weight-free so it runs offline; the paper's aesthetic score is the separate
+    `aesthetic` term, from local weights): exp(-d_t / tau), d_t = mean absolute difference (intensity in [0, 1]) between the patch around each
     dragged point where the tracker finds it in frame t and the patch around its start in frame 0. It penalises
     sprites that smear, change colour or dissolve into noise while moving.
     """
@@ -39,6 +40,15 @@ class RewardConfig:
     appearance_patch: int = 5
     """Patch side, pixels (odd)."""
     appearance_tau: float = 0.1
+    aesthetic: float = 0.0
+    """Weight of the paper's R_quality, the LAION aesthetic score of each frame (LAION's 1-10 scale divided by 10,
+    so a weight of 1 adds at most 1 like the motion term); needs local weights (`aesthetic_clip`, `aesthetic_head`)
+    and downloads nothing. 0: off (the default: the weights are not shipped)."""
+    aesthetic_clip: str | None = None
+    """Local folder for transformers' CLIPVisionModelWithProjection (ViT-L/14 for LAION's predictor)."""
+    aesthetic_head: str | None = None
+    """Local predictor weights, e.g. sac+logos+ava1-l14-linearMSE.pth (as benchmark.metrics.aesthetic reads)."""
+    aesthetic_device: str = "cpu"
     extra: dict[str, float] = field(default_factory=dict)
     """More reward terms: {"package.module:function": weight}. Each function maps (videos uint8 (N, T, H, W, 3),
     tracks (N, T, K, 2), visible (N, T, K)) to per-frame rewards (N, T) that depend only on frames <= t; it is
@@ -46,6 +56,32 @@ class RewardConfig:
 
 
 RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def check_reward_config(cfg: RewardConfig) -> None:
+    """Fail early (at module construction, not at the first reward) on a term that cannot run."""
+    if cfg.aesthetic:
+        if not cfg.aesthetic_clip or not cfg.aesthetic_head:
+            raise ValueError(
+                "reward.aesthetic > 0 needs local weights: reward.aesthetic_clip (a CLIP ViT-L/14 folder for "
+                "transformers) and reward.aesthetic_head (the LAION predictor file); or set reward.aesthetic: 0"
+            )
+        _aesthetic_scorer(cfg.aesthetic_clip, cfg.aesthetic_head, cfg.aesthetic_device)
+
+
+@functools.lru_cache(maxsize=2)
+def _aesthetic_scorer(clip: str, head: str, device: str):
+    """The benchmark's LAION scorer (one instance per weights: the CLIP tower is large)."""
+    from benchmark.metrics.aesthetic import AestheticScorer
+
+    return AestheticScorer(clip, head, device=device)
+
+
+def aesthetic_reward(videos: np.ndarray, cfg: RewardConfig) -> np.ndarray:
+    """(N, T) LAION aesthetic score of every frame / 10 (a frame's reward depends on that frame only)."""
+    scorer = _aesthetic_scorer(cfg.aesthetic_clip, cfg.aesthetic_head, cfg.aesthetic_device)
+    n, t_len = videos.shape[:2]
+    return (scorer(videos.reshape(n * t_len, *videos.shape[2:])) / 10.0).reshape(n, t_len).astype(np.float32)
 
 
 def load_reward(spec: str) -> RewardFn:
@@ -92,8 +128,8 @@ def appearance_reward(
 def compute_rewards(
     cfg: RewardConfig, videos: np.ndarray, tracks: np.ndarray, visible: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """{"motion", "quality", <extra terms>, "total"}: per-video-frame rewards (N, T); the terms unweighted, the
-    total weighted.
+    """{"motion", "quality", ["aesthetic",] <extra terms>, "total"}: per-video-frame rewards (N, T); the terms
+    unweighted, the total weighted.
 
     videos uint8 (N, T, H, W, 3); tracks (N, T, K, 2) target pixels; visible (N, T, K). One tracker pass per video
     (`ardrag.tracking.track_points`, seeded at the frame-0 targets); it runs forward frame to frame, so the reward
@@ -116,6 +152,9 @@ def compute_rewards(
             quality[i] = appearance_reward(videos[i], held, tgt[0], cfg)
     out = {"motion": motion, "quality": quality}
     total = cfg.motion * motion + cfg.quality * quality
+    if cfg.aesthetic:
+        out["aesthetic"] = aesthetic_reward(videos, cfg)
+        total = total + cfg.aesthetic * out["aesthetic"]
     for spec, weight in cfg.extra.items():
         r = np.asarray(load_reward(spec)(videos, tracks, visible), np.float32)
         if r.shape != (n, t_len):

@@ -33,6 +33,7 @@ from ardrag.training.grpo import (
 )
 from ardrag.training.rewards import (
     RewardConfig,
+    check_reward_config,
     compute_rewards,
     frame_rewards_to_latent,
     reward_name,
@@ -112,6 +113,7 @@ class RLModule(StageModule):
         self.automatic_optimization = False
         self.grpo = grpo or GRPOConfig()
         self.reward_cfg = reward or RewardConfig()
+        check_reward_config(self.reward_cfg)
         self.optim_cfg = optim or RLOptim()
         path = Path(init)
         if not (path / "ardrag_pipeline.json").exists():
@@ -235,8 +237,9 @@ class RLModule(StageModule):
                 "train/reward/quality": torch.tensor(float(rew["quality"].mean())),
                 "train/reward/motion_std": torch.tensor(float(rew["motion"].std())),
                 **{
-                    f"train/reward/{reward_name(k)}": torch.tensor(float(rew[reward_name(k)].mean()))
-                    for k in self.reward_cfg.extra
+                    f"train/reward/{k}": torch.tensor(float(rew[k].mean()))
+                    for k in ["aesthetic"] * bool(self.reward_cfg.aesthetic)
+                    + [reward_name(k) for k in self.reward_cfg.extra]
                 },
                 "train/time/rollout_s": torch.tensor(t1 - t0),
                 "train/time/reward_s": torch.tensor(t2 - t1),
