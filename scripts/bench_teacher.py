@@ -28,6 +28,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import statistics
 import sys
 import time
@@ -194,7 +195,19 @@ def main(argv: list[str] | None = None) -> int:
                 "fraction_of_bf16_peak": round(achieved / peak["bf16"], 3),
             }
         )
-    hw = hardware_string()
+    from ardrag.hardware import cpu_has_native_bf16
+
+    native = {True: "yes", False: "no (bf16 is emulated)", None: "unknown"}[cpu_has_native_bf16()]
+    hw = (
+        f"{hardware_string()}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+        f"native bf16 (AVX-512 BF16 / AMX) {native}"
+    )
+    threads = os.environ.get("OMP_NUM_THREADS")
+    command = " ".join(
+        ([f"OMP_NUM_THREADS={threads}"] if threads else [])
+        + [".venv/bin/python", "scripts/bench_teacher.py"]
+        + sys.argv[1:]
+    )
     method = __doc__.split("Method (written into the result):")[1].split(".venv")[0].strip()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(out / "teacher_step.csv", buf.getvalue().encode())
     result = {
         "hardware": hw,
+        "command": command,
         "method": method,
         "toy": toy,
         "toy_rows": rows,
@@ -215,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Teacher training cost",
         "",
-        "Command: `OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_teacher.py --out results/training`",
+        f"Command: `{command}`",
         "",
         f"Measured on: {hw}. The CPU was shared with other jobs while measuring: seconds are medians of "
         f"{args.steps} steps and can vary by tens of percent between runs.",

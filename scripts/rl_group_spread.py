@@ -13,16 +13,14 @@ Nothing is trained.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import numpy as np
 import torch
 import yaml
 
-from ardrag.sampling import Conditions
 from ardrag.training.grpo import GRPOConfig
 from ardrag.training.rewards import RewardConfig
-from ardrag.training.rl import RLModule, RLOptim, _repeat
+from ardrag.training.rl import RLModule, RLOptim
 from datamodules import ARDragDataModule
 
 
@@ -49,12 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     per: dict[str, list[np.ndarray]] = {"motion": [], "total": []}
     for b in range(a.batches):
         batch = next(batches)
-        x0, conds = module.conditions(batch)
-        conds = Conditions(*(_repeat(getattr(conds, f.name), gsz) for f in dataclasses.fields(conds)))
-        ro, frames = module.rollout(
-            conds, (x0.shape[0] * gsz, *x0.shape[1:]), torch.Generator().manual_seed(a.seed * 1000 + b)
-        )
-        rew = module.rewards(frames, batch, ro.old_log_prob.shape[1])
+        _, ro, frames = module.group_rollout(batch, torch.Generator().manual_seed(a.seed * 1000 + b))
+        rew = module.group_rewards(frames, batch, ro)
         for k in per:
             per[k].append(rew[k].reshape(-1, gsz, rew[k].shape[1]))
     print(f"{a.config}: {a.batches} batches, G = {gsz}, seed {a.seed}")

@@ -291,3 +291,54 @@ def test_committed_toy_checkpoint_moves_the_dragged_sprites(name, max_ratio):
         still = np.repeat(clip.video[:1], len(clip.video), 0)
         static.append(motion_metrics(still, tracks, visible)["objmc_penalised"])
     assert np.mean(ours) < max_ratio * np.mean(static), (np.mean(ours), np.mean(static))
+
+
+@pytest.mark.parametrize(
+    ("precision", "accelerator", "mode", "native", "want"),
+    [
+        ("bf16-mixed", "cpu", "auto", False, "32-true"),  # emulated bf16: train in fp32
+        ("bf16-true", "auto", "auto", False, "32-true"),  # (no CUDA in the test environment)
+        ("bf16-mixed", "cpu", "auto", True, None),  # AVX-512 BF16 / AMX: the config's choice
+        ("bf16-mixed", "cpu", "auto", None, None),  # flags unknown: the config's choice
+        ("bf16-mixed", "cpu", "keep", False, None),  # the user forces it
+        ("32-true", "cpu", "auto", False, None),
+        ("bf16-mixed", "gpu", "auto", False, None),
+    ],
+)
+def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32(
+    monkeypatch, precision, accelerator, mode, native, want
+):
+    import ardrag.hardware
+    from ardrag.cli.fit import cpu_precision
+
+    if accelerator == "auto" and torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    monkeypatch.setattr(ardrag.hardware, "cpu_has_native_bf16", lambda: native)
+    assert cpu_precision(precision, accelerator, mode) == want
+
+
+def test_cpu_flags_decide_native_bf16(monkeypatch):
+    import ardrag.hardware as hw
+
+    for flags, want in (
+        ({"avx2", "avx512f"}, False),
+        ({"avx512f", "avx512_bf16"}, True),
+        ({"amx_bf16"}, True),
+    ):
+        monkeypatch.setattr(hw, "cpu_flags", lambda f=flags: f)
+        assert hw.cpu_has_native_bf16() is want
+    monkeypatch.setattr(hw, "cpu_flags", lambda: None)
+    assert hw.cpu_has_native_bf16() is None
+
+
+def test_fit_says_when_it_trains_bf16_config_in_fp32(toy, tmp_path, monkeypatch, capsys):
+    import ardrag.hardware
+
+    monkeypatch.setattr(ardrag.hardware, "cpu_has_native_bf16", lambda: False)
+    args = _args(toy, tmp_path / "run", 1)
+    assert fit_main([*args, "--trainer.precision=bf16-mixed"]) == 0
+    assert "training in 32-true" in capsys.readouterr().err
+    assert (
+        fit_main([*args, "--trainer.precision=bf16-mixed", "--cpu_bf16=keep", "--trainer.max_steps=2"]) == 0
+    )
+    assert "training in 32-true" not in capsys.readouterr().err

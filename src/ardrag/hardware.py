@@ -20,6 +20,29 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux, x86), None where that file or its flags line is
+    missing."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether the CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX): False on an x86 CPU without
+    them, where torch emulates bf16 (measured 0.6 GFLOP/s vs 28 for fp32 on an AVX2 AMD EPYC), None where the
+    flags cannot be read (not Linux x86: unknown, the config's choice stands)."""
+    flags = cpu_flags()
+    if flags is None:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def hardware_string() -> str:
     """CPU model, logical cores, torch threads and GPU name (if any)."""
     import torch

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 DEFAULT_ROOT = "runs/default"
 """Where a run writes when its config sets no trainer.default_root_dir."""
@@ -39,6 +39,13 @@ def _build_cli_class():
                 type=int,
                 default=500,
                 help="training steps between periodic checkpoints (last.ckpt is always kept)",
+            )
+            parser.add_argument(
+                "--cpu_bf16",
+                type=Literal["auto", "keep"],
+                default="auto",
+                help="'auto': a bf16 precision on a CPU without native bf16 (no AVX-512 BF16 / AMX) trains in "
+                "32-true instead, since emulated bf16 is many times slower; 'keep': use the config's precision",
             )
 
         def root(self) -> Path:
@@ -71,9 +78,35 @@ def _build_cli_class():
                     )
                 )
             kwargs["callbacks"] = list(user_cbs) + ours
+            precision = cpu_precision(
+                tcfg.get("precision"), tcfg.get("accelerator"), self._get(self.config_init, "cpu_bf16")
+            )
+            if precision is not None:
+                kwargs["precision"] = precision
             return super().instantiate_trainer(**kwargs)
 
     return FitCLI
+
+
+def cpu_precision(precision: Any, accelerator: Any, mode: str = "auto") -> str | None:
+    """The precision to train in instead of the config's, or None to keep it: a bf16 precision on a CPU run
+    becomes "32-true" when the CPU has no native bf16 (``ardrag.hardware.cpu_has_native_bf16`` is False), unless
+    ``mode`` is "keep". Says so on stderr."""
+    import torch
+
+    from ardrag.hardware import cpu_has_native_bf16
+
+    if mode == "keep" or not str(precision or "").startswith("bf16"):
+        return None
+    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+    if not on_cpu or cpu_has_native_bf16() is not False:
+        return None
+    print(
+        f"ardrag-fit: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag), so precision {precision} would "
+        "emulate bf16 matmuls many times slower than fp32; training in 32-true (--cpu_bf16 keep to force it)",
+        file=sys.stderr,
+    )
+    return "32-true"
 
 
 def resolve_ckpt(ckpt: str | None, root: Path) -> str | None:

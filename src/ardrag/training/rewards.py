@@ -28,9 +28,10 @@ class RewardConfig:
     separates following from not following; lam = 1 / alpha scales a perfect frame to 1.
 
     Quality (appearance consistency, weight-free so it runs offline; the paper's aesthetic score is the separate
-    `aesthetic` term, from local weights): exp(-d_t / tau), d_t = mean absolute difference (intensity in [0, 1]) between the patch around each
-    dragged point where the tracker finds it in frame t and the patch around its start in frame 0. It penalises
-    sprites that smear, change colour or dissolve into noise while moving.
+    `aesthetic` term, from local weights): exp(-d_t / tau), d_t = mean absolute difference (intensity in
+    [0, 1]) between the patch around each dragged point where the tracker finds it in frame t and the patch
+    around its start in frame 0. It penalises sprites that smear, change colour or dissolve into noise while
+    moving.
     """
 
     motion: float = 1.0

@@ -177,17 +177,29 @@ class RLModule(StageModule):
         return {k: frame_rewards_to_latent(v, num_latent, tf) for k, v in per_frame.items()}
 
     # ------------------------------------------------------------------ the step
+    def group_rollout(
+        self, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[Conditions, Any, np.ndarray]:
+        """``group_size`` rollouts of each condition in ``batch`` with the training sampler: (the conditions
+        repeated per group, the rollout record, the decoded videos), rollouts of one condition adjacent."""
+        gsz = self.grpo.group_size
+        x0, conds = self.conditions(batch)
+        conds = Conditions(*(_repeat(getattr(conds, f.name), gsz) for f in dataclasses.fields(conds)))
+        ro, frames = self.rollout(conds, (x0.shape[0] * gsz, *x0.shape[1:]), generator)
+        return conds, ro, frames
+
+    def group_rewards(self, frames: np.ndarray, batch: dict[str, Any], ro: Any) -> dict[str, np.ndarray]:
+        """The rewards of ``group_rollout``'s videos per latent frame (``rewards`` over the rollout's frames)."""
+        return self.rewards(frames, batch, ro.old_log_prob.shape[1] * self.rollout_cfg.causal.chunk_size)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
         gsz = self.grpo.group_size
         g = self.step_generator()
         t0 = time.perf_counter()
-        x0, conds = self.conditions(batch)
-        conds = Conditions(*(_repeat(getattr(conds, f.name), gsz) for f in dataclasses.fields(conds)))
-        shape = (x0.shape[0] * gsz, *x0.shape[1:])
-        ro, frames = self.rollout(conds, shape, g)
+        conds, ro, frames = self.group_rollout(batch, g)
         t1 = time.perf_counter()
-        rew = self.rewards(frames, batch, ro.old_log_prob.shape[1] * self.rollout_cfg.causal.chunk_size)
+        rew = self.group_rewards(frames, batch, ro)
         # per-chunk rewards: mean over the chunk's latent frames
         c = self.rollout_cfg.causal.chunk_size
         total = torch.from_numpy(rew["total"])
@@ -221,7 +233,7 @@ class RLModule(StageModule):
                 )
                 logs["train/clip_frac_first"] = stats["clip_frac"]
         t3 = time.perf_counter()
-        bs = shape[0]
+        bs = frames.shape[0]
         logs.update(
             {
                 "train/loss": loss.detach(),
