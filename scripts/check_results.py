@@ -1,12 +1,14 @@
 """Does every committed benchmark result still match the tree? ``python scripts/check_results.py [FOLDER ...]``
 
-For each ``results/**/meta.json`` written by ``ardrag-eval`` it checks that
+For each ``results/**/meta.json`` (written by ``ardrag-eval`` or a benchmark script) it checks that
 1. the recorded ``git_commit`` exists and is an ancestor of HEAD, and the tree was clean when it ran
    (``git_dirty`` empty, for results written since that field exists);
 2. the recorded config equals the config file named in the recorded command, read with today's defaults
    (``out_dir``/``cache_dir`` aside: they say where files went, not what they contain);
 3. no file that defines the numbers (metric, tracker, pipeline and data code, the eval and pipeline configs,
-   checkpoint folders inside the repo) changed between the recorded commit and HEAD.
+   checkpoint folders inside the repo) changed between the recorded commit and HEAD; a result written by a
+   script listed in ``SCRIPT_DEFINED_BY`` is checked against that script, the code it lists and the folders its
+   command names.
 Results that record no commit are listed as unchecked. Exit code 1 when any result is stale, else 0.
 A stale result is regenerated with its committed command (see its folder's RUN.md), e.g.
 ``ardrag-eval --config configs/eval/skvideo.yaml --publish``, at a clean commit.
@@ -40,6 +42,13 @@ NUMBER_DEFINING = [
     "configs/pipeline",
 ]
 PLACE_KEYS = ("out_dir", "cache_dir")
+# Results written by a script instead of ardrag-eval: the code their numbers come from, besides the script itself
+# and any folder of the repository its command names (e.g. a checkpoint). bench_latency times the pipeline's
+# stream and imports neither the tracker, the benchmark nor the data code.
+_PIPELINE_CODE = [p for p in NUMBER_DEFINING if p.startswith(("src/ardrag/", "configs/pipeline"))]
+SCRIPT_DEFINED_BY = {
+    "scripts/bench_latency.py": [p for p in _PIPELINE_CODE if p != "src/ardrag/tracking.py"],
+}
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -83,6 +92,16 @@ def check_meta(root: Path, meta_path: Path) -> tuple[str, list[str]]:
         reasons.append(f"made from a dirty tree ({', '.join(meta['git_dirty'][:5])})")
     cfg_file = _config_path(meta.get("command", ""))
     paths = list(NUMBER_DEFINING)
+    words = shlex.split(meta.get("command") or "")
+    script = next((w for w in words if w in SCRIPT_DEFINED_BY), None)
+    if script is not None:
+        here = meta_path.resolve().parent  # the result's own folder is its output, not an input
+        named = [
+            w
+            for w in words
+            if w != script and not w.startswith("-") and (root / w).is_dir() and (root / w).resolve() != here
+        ]
+        paths = [script, *SCRIPT_DEFINED_BY[script], *named]
     if cfg_file and "config" in meta:
         paths.append(cfg_file)
         try:

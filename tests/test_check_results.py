@@ -95,3 +95,41 @@ def test_config_change_unknown_commit_and_dirty_tree_are_stale(repo):
     assert _check(repo) == ("stale", ["recorded commit 0000000 is not in this repository"])
     _edit_meta(repo, git_commit=None)
     assert _check(repo)[0] == "unchecked"
+
+
+def test_a_script_result_depends_on_the_code_it_runs(repo):
+    """results/latency (scripts/bench_latency.py) times the pipeline: a tracker change leaves it ok, a pipeline or
+    checkpoint change makes it stale."""
+    for path, text in (
+        ("scripts/bench_latency.py", "print(1)\n"),
+        ("src/ardrag/tracking.py", "A = 1\n"),
+        ("src/ardrag/pipeline.py", "B = 1\n"),
+        ("ckpt/rl/weights.txt", "1\n"),
+    ):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "code")
+    meta = {
+        "command": "python scripts/bench_latency.py --checkpoint ckpt/rl --frames 64 --out results/latency",
+        "git_commit": _git(repo, "rev-parse", "HEAD"),
+        "git_dirty": [],
+    }
+    (repo / "results/latency").mkdir(parents=True)
+    (repo / "results/latency/meta.json").write_text(json.dumps(meta))
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "latency")
+
+    def check():
+        return check_results.check_meta(repo, repo / "results/latency/meta.json")
+
+    (repo / "src/ardrag/tracking.py").write_text("A = 2\n")
+    (repo / "benchmark/metric.py").write_text("SCALE = 2\n")
+    _git(repo, "commit", "-qam", "tracker and metric fix")
+    assert check() == ("ok", [])
+    for path in ("src/ardrag/pipeline.py", "ckpt/rl/weights.txt", "scripts/bench_latency.py"):
+        (repo / path).write_text("changed\n")
+        _git(repo, "commit", "-qam", f"edit {path}")
+        status, reasons = check()
+        assert status == "stale" and path in reasons[0], (path, reasons)
+        _git(repo, "reset", "-q", "--hard", "HEAD~1")

@@ -101,6 +101,42 @@ def test_occluded_points_turn_invisible_and_stay(tracker):
     assert visible[-1][~ever].mean() >= (0.8 if tracker is track_points else 0.6)
 
 
+def test_a_point_found_again_is_shown_from_its_first_find():
+    """A box of noise blinks over part of a real clip (frames 4-8): the points under it are hidden while covered
+    and, once re-acquired (``LKParams.reacquire`` = 3 strict finds in a row), shown from the first frame of that
+    streak at its finds, not only from its third frame on."""
+    from ardrag.tracking import LKParams
+
+    frames, pts, gt = _warped_clip("bikes.mp4")
+    frames = frames[:17].copy()
+    gt = gt[:17]
+    x0, y0 = 348, 56  # a 40 px box over a cluster of corners of the 272 x 640 clip
+    x1, y1 = x0 + 40, y0 + 40
+    rng = np.random.default_rng(1)
+    frames[4:9, y0:y1, x0:x1] = cv2.GaussianBlur(
+        rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), (5, 5), 1.0
+    )
+    inner = (
+        (gt[:, :, 0] > x0 + 12) & (gt[:, :, 0] < x1 - 12) & (gt[:, :, 1] > y0 + 12) & (gt[:, :, 1] < y1 - 12)
+    )
+    under = inner[4:9].all(0)  # well inside the box on every covered frame
+    assert under.sum() >= 3
+    tracks, visible = track_points(frames, pts)
+    assert LKParams().reacquire == 3
+    hidden = ~visible[5:9, under]  # (frame 4 may still match: the first frame of contact)
+    assert hidden.mean() >= 0.95
+    # A shown point is right. These corners lie on a weakly textured wall where a place ~23 px away matched
+    # their templates as closely as a re-acquired point: before off-course steps of shown points were refused,
+    # four of the five stayed shown through the blink, 21-26 px off.
+    assert (np.linalg.norm(tracks - gt, axis=-1)[:, under][visible[:, under]] <= 3.0).all()
+    back = under & visible[-1]
+    assert back.sum() >= 0.8 * under.sum()  # measured: all found again
+    # Shown from frame 9, the first frame uncovered (before: frame 11, the streak's third), and right there.
+    assert visible[9:, back].all()
+    err = np.linalg.norm(tracks - gt, axis=-1)[9:, back]
+    assert err.max() <= 1.0, err.max()
+
+
 def test_points_leaving_the_frame_become_invisible():
     rng = np.random.default_rng(1)
     tex = cv2.GaussianBlur(rng.integers(0, 256, (64, 256, 3), dtype=np.uint8), (5, 5), 1.0)
@@ -154,11 +190,11 @@ def toy_suite():
     return toy_items(32)  # the toy suite's 32 ground-truth items (configs/eval/toy.yaml), rebuilt
 
 
-# Measured by scripts/bench_tracker.py (results/data/tracker_accuracy.md): LK 0.944 / 0.79 px, flow 0.876 / 1.81 px
-# (issue 8: partial-template check, re-acquisition, updated flow patch); before the template refinement the
+# Measured by scripts/bench_tracker.py (results/data/tracker_accuracy.md): LK 0.948 / 0.73 px, flow 0.876 / 1.81 px
+# (issue 8: partial-template check, re-acquisition shown from the streak's first find, updated flow patch); before the template refinement the
 # same split gave LK coverage 0.859 / penalised 1.66 px and flow 0.780 / 2.26 px (results/toy/table1.md).
 @pytest.mark.parametrize(
-    "tracker, min_cov, max_pen", [(track_points, 0.935, 0.85), (track_points_flow, 0.85, 2.0)]
+    "tracker, min_cov, max_pen", [(track_points, 0.94, 0.78), (track_points_flow, 0.85, 2.0)]
 )
 def test_toy_suite_ground_truth(toy_suite, tracker, min_cov, max_pen):
     from benchmark.tracker_check import toy_scores

@@ -95,16 +95,22 @@ class LKParams:
     and keep the better template match (on warped real photos with a fast occluder, LK's coarse levels dragged
     never-covered points up to 60 px away and 0.81-0.93 of them were kept; see ``track_points``)."""
     jump_px: float | None = 3.0
-    """A step more than this many pixels off the point's constant-velocity course needs the stricter
-    ``reacquire_ncc`` match to stay visible (None: off)."""
+    """A shown point's step more than this many pixels off its constant-velocity course (set by its last two
+    shown frames; a point shown on one frame only needs the stricter ``reacquire_ncc`` match) hides it, however
+    well it matches (it is then found again like any hidden point, see ``reacquire``); a hidden point's streak must
+    stay within this of the course its first find set (None: off). Until issue 8's third round such a step
+    only needed the stricter ``reacquire_ncc`` match: corners on a weakly textured wall under a blinking box
+    then stayed shown 21-26 px off (tests/test_tracking.py)."""
     reacquire: int = 3
     """A hidden point is shown again after this many strict, on-course matches in a row (0: a lost point stays
-    lost). The first must be an unambiguous find (``reacquire_margin``) in a window around the point's
+    lost), and then also on the earlier frames of that streak, at their finds (the same evidence vouches for
+    them). The first must be an unambiguous find (``reacquire_margin``) in a window around the point's
     coasting course; it sets the course the following ones must keep to within ``jump_px``. Toy test split
-    (scripts/bench_tracker.py): coverage 0.933 -> 0.944, penalised ObjMC 0.92 -> 0.79 px, no shown point over
-    3 px off; warped real photos with the box: 92-133 points come back, at worst 0.25-1.34 px off. With 2 frames
-    the toy split reaches 0.950 / 0.69 px, but points come back up to 4.5 px off on the photos: 3 is the
-    default because a point reported visible must be right."""
+    (scripts/bench_tracker.py): coverage 0.933 -> 0.944, penalised ObjMC 0.92 -> 0.79 px with re-acquisition,
+    0.948 / 0.73 px once the streak's frames are shown too; no shown point over 3 px off; warped real photos
+    with the box: 92-134 points come back, at worst 0.25-1.34 px off. Showing after 2 frames reached 0.950 /
+    0.69 px on the toy split but let points come back up to 4.5 px off on the photos: 3 is the default because
+    a point reported visible must be right."""
     reacquire_ncc: float = 0.8
     """The stricter match a hidden point needs on each of those frames (a look-alike elsewhere rarely passes)."""
     search_px: float = 10.0
@@ -437,6 +443,8 @@ class _Visibility:
         self.est = points.copy()
         self.vel = np.zeros_like(points)  # last frame-to-frame step of each estimate, pixels
         self.hidden_for = np.zeros(n, dtype=np.int64)  # frames since the point was last shown
+        self.est_at = np.zeros((t, n, 2), dtype=np.float32)  # each frame's estimate (a streak's finds)
+        self.est_at[0] = points
 
     def update(
         self,
@@ -450,16 +458,17 @@ class _Visibility:
         """Frame i: followed points ``idx`` moved to ``new``; ``alive`` False ends following; ``match`` keeps a
         shown point shown; ``strict`` (a closer match) counts towards showing a hidden point again."""
         was = self.visible[i - 1]
+        ok = np.zeros_like(self.followed)
+        ok[idx] = alive & match
+        good = np.zeros_like(self.followed)
+        good[idx] = alive & match & strict
         # A hidden point keeps the velocity of its course (a point found again after a search would otherwise
         # take the search's correction as its velocity).
         step = new - self.est[idx]
         self.vel[idx] = np.where(was[idx, None], step, self.vel[idx])
         self.est[idx] = new
+        self.est_at[i] = self.est
         self.followed[idx[~alive]] = False
-        ok = np.zeros_like(self.followed)
-        ok[idx] = alive & match
-        good = np.zeros_like(self.followed)
-        good[idx] = alive & match & strict
         self.streak = np.where(good, self.streak + 1, 0)
         if self.reacquire > 0:
             vis = ok & (was | (self.streak >= self.reacquire))
@@ -469,6 +478,13 @@ class _Visibility:
         self.visible[i] = vis
         self.hidden_for = np.where(vis, 0, self.hidden_for + 1)
         self.tracks[i] = np.where(vis[:, None], self.est, self.tracks[i - 1])
+        if self.reacquire > 1:
+            # A point shown again was found on each frame of its streak (strict, unambiguous, on course): those
+            # frames are shown too, at their finds (the evidence that shows frame i vouches for them).
+            back = np.flatnonzero(vis & ~was)
+            for k in range(1, self.reacquire):
+                self.visible[i - k, back] = True
+                self.tracks[i - k, back] = self.est_at[i - k, back]
 
 
 def track_points(
@@ -594,10 +610,14 @@ def track_points(
             match = ncc >= p.min_ncc
             strict = ncc >= p.reacquire_ncc
             if p.jump_px is not None:
-                # A step far from the point's own constant-velocity course (an occluder dragged it, or it
-                # snapped onto a look-alike) must match as closely as a re-acquired point.
+                # A shown point's step far from its constant-velocity course (an occluder dragged it, or it
+                # snapped onto a look-alike) is not trusted, however well it matches: on a weakly textured
+                # template a place 20 px away can match as closely as the point itself. The point is hidden and
+                # must be found again like any hidden point: an unambiguous find, then on-course strict matches.
                 on_course = np.linalg.norm(new - guess, axis=1) <= p.jump_px
-                match &= on_course | strict
+                # (A point shown on one frame only has no course yet: its step needs the strict match alone.)
+                course = state.visible[i - 1, idx] & (state.visible[i - 2, idx] if i >= 2 else False)
+                match &= on_course | (strict & (hidden | ~course))
                 partial &= on_course  # a partial match never vouches for a jump
                 # A hidden point found anywhere in its search window starts a streak; each further frame of the
                 # streak must find it on the course the streak set.
