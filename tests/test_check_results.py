@@ -42,19 +42,24 @@ def repo(tmp_path) -> Path:
     (tmp_path / "benchmark/metric.py").write_text("SCALE = 1\n")
     (tmp_path / "notes.txt").write_text("not a number-defining file\n")
     _git(tmp_path, "init", "-q")
-    _git(tmp_path, "add", "-A")
-    _git(tmp_path, "commit", "-qm", "code")
-    meta = {
-        "command": "/venv/bin/ardrag-eval --config configs/eval/s.yaml --publish",
-        "config": json.loads(json.dumps(load_config(tmp_path / "configs/eval/s.yaml"))),
-        "git_commit": _git(tmp_path, "rev-parse", "HEAD"),
-        "git_dirty": [],
-    }
-    (tmp_path / "results/s").mkdir(parents=True)
-    (tmp_path / "results/s/meta.json").write_text(json.dumps(meta))
-    _git(tmp_path, "add", "-A")
-    _git(tmp_path, "commit", "-qm", "results")
+    _commit_result(
+        tmp_path,
+        "results/s",
+        command="/venv/bin/ardrag-eval --config configs/eval/s.yaml --publish",
+        config=json.loads(json.dumps(load_config(tmp_path / "configs/eval/s.yaml"))),
+    )
     return tmp_path
+
+
+def _commit_result(repo: Path, folder: str, **meta) -> None:
+    """Commit the code as it is, then a result folder whose meta.json records that commit and a clean tree."""
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "code")
+    meta.update(git_commit=_git(repo, "rev-parse", "HEAD"), git_dirty=[])
+    (repo / folder).mkdir(parents=True)
+    (repo / folder / "meta.json").write_text(json.dumps(meta))
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "results")
 
 
 def _check(repo: Path) -> tuple[str, list[str]]:
@@ -108,17 +113,11 @@ def test_a_script_result_depends_on_the_code_it_runs(repo):
     ):
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text(text)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "code")
-    meta = {
-        "command": "python scripts/bench_latency.py --checkpoint ckpt/rl --frames 64 --out results/latency",
-        "git_commit": _git(repo, "rev-parse", "HEAD"),
-        "git_dirty": [],
-    }
-    (repo / "results/latency").mkdir(parents=True)
-    (repo / "results/latency/meta.json").write_text(json.dumps(meta))
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "latency")
+    _commit_result(
+        repo,
+        "results/latency",
+        command="python scripts/bench_latency.py --checkpoint ckpt/rl --frames 64 --out results/latency",
+    )
 
     def check():
         return check_results.check_meta(repo, repo / "results/latency/meta.json")
