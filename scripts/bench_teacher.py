@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sft_memory import GiB, linear_fit, measure_full, real_width_model  # noqa: E402
 
-from ardrag.hardware import hardware_string  # noqa: E402
+from ardrag.hardware import cpu_has_native_bf16, hardware_string  # noqa: E402
 from ardrag.models import CausalWanTransformer, preset_config  # noqa: E402
 from ardrag.training.teacher import ModelInit, TeacherModule  # noqa: E402
 from ardrag.video import atomic_write_bytes  # noqa: E402
@@ -195,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
                 "fraction_of_bf16_peak": round(achieved / peak["bf16"], 3),
             }
         )
-    from ardrag.hardware import cpu_has_native_bf16
-
     native = {True: "yes", False: "no (bf16 is emulated)", None: "unknown"}[cpu_has_native_bf16()]
     hw = (
         f"{hardware_string()}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}; "

@@ -8,29 +8,29 @@ import subprocess
 from pathlib import Path
 
 
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo (Linux), else what the platform module knows."""
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of /proc/cpuinfo (Linux), None where the file or the line is
+    missing."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    """CPU model from /proc/cpuinfo (Linux), else what the platform module knows."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str] | None:
     """The CPU's feature flags from /proc/cpuinfo (Linux, x86), None where that file or its flags line is
     missing."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
+    flags = _cpuinfo("flags")
+    return None if flags is None else set(flags.split())
 
 
 def cpu_has_native_bf16() -> bool | None:
