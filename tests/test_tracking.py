@@ -190,11 +190,12 @@ def toy_suite():
     return toy_items(32)  # the toy suite's 32 ground-truth items (configs/eval/toy.yaml), rebuilt
 
 
-# Measured by scripts/bench_tracker.py (results/data/tracker_accuracy.md): LK 0.948 / 0.73 px, flow 0.876 / 1.81 px
-# (issue 8: partial-template check, re-acquisition shown from the streak's first find, updated flow patch); before the template refinement the
-# same split gave LK coverage 0.859 / penalised 1.66 px and flow 0.780 / 2.26 px (results/toy/table1.md).
+# Measured by scripts/bench_tracker.py (results/data/tracker_accuracy.md): LK 0.948 / 0.73 px, flow 0.903 / 1.33 px
+# (issue 8: partial-template check, re-acquisition shown from the streak's first find, updated flow patch, Farneback
+# flow; with DIS flow 0.876 / 1.81 px); before the template refinement the same split gave LK coverage 0.859 /
+# penalised 1.66 px and flow 0.780 / 2.26 px.
 @pytest.mark.parametrize(
-    "tracker, min_cov, max_pen", [(track_points, 0.94, 0.78), (track_points_flow, 0.85, 2.0)]
+    "tracker, min_cov, max_pen", [(track_points, 0.94, 0.78), (track_points_flow, 0.89, 1.4)]
 )
 def test_toy_suite_ground_truth(toy_suite, tracker, min_cov, max_pen):
     from benchmark.tracker_check import toy_scores
@@ -206,17 +207,35 @@ def test_toy_suite_ground_truth(toy_suite, tracker, min_cov, max_pen):
     assert s["occluded_pairs"] >= 100 and s["shown_occluded"] <= 0.05  # and a covered one is rarely shown
 
 
+def test_flow_methods_on_toy_suite(toy_suite):
+    """DIS stays available (``FlowParams(method="dis")``, the flow instrument before Farneback) and scores as it did
+    (coverage 0.876, penalised 1.81 px); an unknown method is a clear error."""
+    from functools import partial
+
+    from ardrag.tracking import FlowParams
+    from benchmark.tracker_check import toy_scores
+
+    dis = toy_scores(partial(track_points_flow, params=FlowParams(method="dis")), toy_suite)
+    farneback = toy_scores(track_points_flow, toy_suite)
+    assert 0.85 <= dis["coverage"] < farneback["coverage"]
+    assert farneback["objmc_penalised"] < dis["objmc_penalised"] <= 2.0
+    with pytest.raises(ValueError, match="farneback"):
+        track_points_flow(toy_suite[0][0], toy_suite[0][1][0], FlowParams(method="tvl1"))
+
+
 # Real photos (scikit-image, located via ardrag.assets) moved by smooth random affine warps over 30 frames, with
 # and without a box of another photo sliding across (benchmark.tracker_check; seeds as scripts/bench_tracker.py
 # --seed 0). Issue 8's targets for the reward's tracker: >= 0.90 of never-covered points kept to the end, median
 # end error <= 0.5 px, covered points hidden. Measured (results/data/tracker_accuracy.md): LK kept 0.984-1.000,
 # end error 0.06-0.12 px, shown covered <= 0.005. Before the constant-velocity second start and the jump rule
 # (LKParams.second_start, jump_px) the box cases kept 0.81-0.93 and showed 1.2-2.1 % of covered pairs, some tens
-# of pixels off. Flow misses the end-error target with the box on astronaut (0.53 px), so its bound is 0.6 px.
+# of pixels off. Flow (Farneback) ends 0.22-0.30 px off (DIS: 0.26-0.53 px), but shows up to 5.3 % of the covered
+# pairs (DIS: up to 2.9 %), nearly all on the box's first frame over the point, and one astronaut point stays shown
+# under the box's edge for 3 frames, 1.0-1.7 px off.
 @pytest.mark.parametrize("occluder", [False, True], ids=["clear", "box"])
 @pytest.mark.parametrize("photo", ["astronaut.png", "coffee.png", "chelsea.png"])
 @pytest.mark.parametrize(
-    "tracker, max_end_err, max_shown_covered", [(track_points, 0.5, 0.02), (track_points_flow, 0.6, 0.05)]
+    "tracker, max_end_err, max_shown_covered", [(track_points, 0.5, 0.02), (track_points_flow, 0.5, 0.06)]
 )
 def test_warped_real_photos(photo, occluder, tracker, max_end_err, max_shown_covered):
     from benchmark.tracker_check import PHOTOS, warp_scores, warped_photo
@@ -231,7 +250,8 @@ def test_warped_real_photos(photo, occluder, tracker, max_end_err, max_shown_cov
     if occluder:
         assert s["covered_pairs"] >= 300
         assert s["shown_covered"] <= max_shown_covered  # invisible while covered
-        # A point shown again after the box has passed (LK re-acquires it; flow never does) is near its place.
+        # A point shown after the box has passed over it (LK re-acquires it; flow never hides and shows a point
+        # again, but may keep one shown under the box's edge, see above) is near its place.
         if tracker is track_points_flow:
-            assert s["reappeared"] == 0
-        assert s["reappeared_err_max"] <= 2.0  # measured 0.25-1.34 px (LKParams.reacquire)
+            assert s["reappeared"] <= 1
+        assert s["reappeared_err_max"] <= 2.0  # measured 0.25-1.34 px (LKParams.reacquire), flow 0.79 px

@@ -4,7 +4,7 @@ tracked in a generated video.
 Two independent instruments measure the generated motion:
 - ``"lk"``: :func:`ardrag.tracking.track_points` (pyramidal Lucas-Kanade, forward-backward check) -- the same
   tracker the RL reward uses, so this column is *coupled* to the reward;
-- ``"flow"``: :func:`ardrag.tracking.track_points_flow` (dense DIS optical flow chained along the points) -- a
+- ``"flow"``: :func:`ardrag.tracking.track_points_flow` (dense Farneback or DIS optical flow chained along the points) -- a
   different instrument, reported so that the metric is not only the reward's own measuring stick.
 
 Per video we report, over the target-visible (point, frame) pairs of frames 1..T-1 (frame 0 is where the

@@ -7,11 +7,11 @@ Two independent instruments share one output convention:
   (so errors do not accumulate). Where the point's constant-velocity guess is over 1 px away, it is refined too
   and the better match wins (LK's coarse levels can be dragged off by a fast object nearby, such as an occluder
   passing).
-- ``track_points_flow``: dense optical flow (OpenCV DIS) chained along the points, with a forward-backward check
-  on the dense flow fields and a gray-patch NCC check against frame 0 or a slowly updated patch; a point that
-  fails stays lost. Positions
-  come from the flow alone, so the benchmark's flow column is not the RL reward's instrument. (Given the LK
-  template check instead, its drifting positions were dropped more often: coverage 0.68 vs 0.78 on the toy suite.)
+- ``track_points_flow``: dense optical flow (OpenCV Farneback up to 256 px on the shorter side, DIS above; see
+  ``FlowParams.method``) chained along the points, with a forward-backward check on the dense flow fields and a
+  gray-patch NCC check against frame 0 or a slowly updated patch; a point that fails stays lost. Positions come from the flow alone, so the
+  benchmark's flow column is not the RL reward's instrument. (Given the LK template check instead, its drifting
+  positions were dropped more often: coverage 0.68 vs 0.78 on the toy suite.)
 
 Visibility (LK): a point is visible when its patch at the tracked position still matches its frame-0
 template (weighted zero-mean NCC >= ``min_ncc``). The template is weighted towards pixels of the point's own
@@ -29,7 +29,10 @@ template (at the true place the whole-template NCC was under 0.6 in 31 of 32 dro
 reacquire = 2; the default 3 re-acquires a little less): 63, 26, 74.
 Flow: its losses (721 pairs: 583 dropped while visible, 108 after an occlusion, 30 just before one) were all
 decided by the frame-0 patch check, not the forward-backward check (``fb_threshold`` 100 px changed nothing);
-the patch is now also compared with a slowly updated one (406 lost pairs after).
+the patch is now also compared with a slowly updated one (406 lost pairs after). Of those, 268 were dropped with
+no occlusion near, their DIS position a median 0.7 px off the truth on the last frame shown (drift, which the
+check then caught); Farneback flow drifts less on the toy's small sprites: 319 lost pairs (176 with no
+occlusion near, 108 after an occlusion, which flow never recovers).
 Measured cause of the losses this replaces (toy test split): LK's window on a point inside a plain or striped
 sprite only sees a straight edge or 1-D stripes (the aperture problem), so frame-to-frame LK slid along it and
 the old frame-0 NCC check then dropped the drifted point; frame-0 anchoring removes the drift.
@@ -52,6 +55,7 @@ __all__ = [
     "FlowParams",
     "auto_window",
     "auto_template",
+    "flow_window",
     "hold_last",
     "track_points",
     "track_points_flow",
@@ -135,15 +139,34 @@ class LKParams:
 
 @dataclass(frozen=True)
 class FlowParams:
-    """DIS dense optical flow settings."""
+    """Dense optical flow settings (OpenCV Farneback for small frames, DIS for large ones)."""
 
+    method: str | None = None
+    """Dense flow: "farneback" (polynomial expansion, ``cv2.calcOpticalFlowFarneback``) or "dis" (``cv2.DIS``).
+    None: Farneback up to 256 px on the shorter side, DIS above (at 480 x 832 Farneback took 211 ms per frame pair
+    against DIS's 68 ms). DIS was the only method until issue 8's fourth round; on the toy test split
+    (scripts/bench_tracker.py) it drifted (a median 0.7 px off where the appearance check then dropped a point
+    seen all along) and kept 0.876 of the points, penalised ObjMC 1.81 px; Farneback keeps 0.903, 1.33 px, and on
+    the warped 240 x 320 real photos its median end error is 0.22-0.30 px (DIS 0.26-0.53 px) at about half
+    DIS's time per frame pair (DIS there runs at full resolution, see ``finest_scale``)."""
+    win_size: int | None = None
+    """Farneback: averaging window, pixels (odd). None: ~1/9 of the shorter image side, in 7..21 (7 px at 64 x
+    64, 21 px from ~190 px up); a 9 px window on the toy clips kept fewer points (0.896), 15 px or more on the
+    real photos drifted less than smaller ones."""
+    levels: int = 3
+    """Farneback: pyramid levels above the base image."""
+    iters: int = 5
+    """Farneback: iterations per level."""
+    poly_n: int = 5
+    """Farneback: neighbourhood of the polynomial expansion (5 with ``poly_sigma`` 1.1, OpenCV's advice)."""
+    poly_sigma: float = 1.1
     preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
-    """OpenCV DIS preset (ULTRAFAST=0, FAST=1, MEDIUM=2)."""
+    """DIS: OpenCV preset (ULTRAFAST=0, FAST=1, MEDIUM=2)."""
+    finest_scale: int | None = None
+    """DIS: pyramid level it stops at (0: full resolution). None: 0 for images up to 256 px on the shorter side
+    (the preset's coarser default blurs the motion of small objects), else the preset's."""
     fb_threshold: float = 1.0
     """Max forward-backward round-trip error, pixels, before a point is declared lost."""
-    finest_scale: int | None = None
-    """Pyramid level DIS stops at (0: full resolution). None: 0 for images up to 256 px on the shorter side
-    (the preset's coarser default blurs the motion of small objects), else the preset's."""
     min_ncc: float | None = 0.5
     """Appearance check: zero-mean NCC of the gray patch with its frame-0 patch (catches a textured occluder the
     forward-backward check misses). None disables it."""
@@ -159,6 +182,12 @@ class FlowParams:
 def auto_window(height: int, width: int) -> int:
     """Default LK window side for an image size: odd, ~min(H, W) / 7, in 7..21."""
     win = int(np.clip(round(min(height, width) / 7), 7, 21))
+    return win if win % 2 else win + 1
+
+
+def flow_window(height: int, width: int) -> int:
+    """Default Farneback window side for an image size: odd, ~min(H, W) / 9, in 7..21."""
+    win = int(np.clip(round(min(height, width) / 9), 7, 21))
     return win if win % 2 else win + 1
 
 
@@ -617,7 +646,7 @@ def track_points(
                 on_course = np.linalg.norm(new - guess, axis=1) <= p.jump_px
                 # (A point shown on one frame only has no course yet: its step needs the strict match alone.)
                 course = state.visible[i - 1, idx] & (state.visible[i - 2, idx] if i >= 2 else False)
-                match &= on_course | (strict & (hidden | ~course))
+                match &= on_course | (strict & ~course)  # (a hidden point has no course)
                 partial &= on_course  # a partial match never vouches for a jump
                 # A hidden point found anywhere in its search window starts a streak; each further frame of the
                 # streak must find it on the course the streak set.
@@ -643,10 +672,27 @@ def _sample_flow(flow: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return out.reshape(-1, 2)
 
 
+def _flow_fn(p: FlowParams, h: int, w: int):
+    """(prev, next) uint8 gray -> (H, W, 2) float32 flow, as ``p.method`` says."""
+    method = p.method or ("farneback" if min(h, w) <= 256 else "dis")
+    if method == "farneback":
+        win = p.win_size or flow_window(h, w)
+        return lambda a, b: cv2.calcOpticalFlowFarneback(
+            a, b, None, 0.5, p.levels, win, p.iters, p.poly_n, p.poly_sigma, 0
+        )
+    if method == "dis":
+        dis = cv2.DISOpticalFlow_create(p.preset)
+        finest = p.finest_scale if p.finest_scale is not None else (0 if min(h, w) <= 256 else None)
+        if finest is not None:
+            dis.setFinestScale(finest)
+        return lambda a, b: dis.calc(a, b, None)
+    raise ValueError(f"FlowParams.method must be 'farneback' or 'dis', got {p.method!r}")
+
+
 def track_points_flow(
     frames: np.ndarray, points: np.ndarray, params: FlowParams | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Track points by chaining dense DIS optical flow; same shapes and semantics as ``track_points``.
+    """Track points by chaining dense optical flow (``FlowParams.method``); shapes and semantics as ``track_points``.
 
     Forward flow t -> t+1 moves each point; backward flow t+1 -> t, sampled at the moved point, must bring
     it back within ``fb_threshold`` pixels, else the point is lost (occlusion or a flow failure).
@@ -654,7 +700,7 @@ def track_points_flow(
     Args:
         frames: uint8 (T, H, W, 3) RGB.
         points: float (N, 2) (x, y) pixels on frame 0.
-        params: DIS settings (``FlowParams()`` by default).
+        params: flow settings (``FlowParams()`` by default).
 
     Returns:
         tracks float32 (T, N, 2) pixels and visible bool (T, N).
@@ -666,10 +712,7 @@ def track_points_flow(
     if points.shape[0] == 0:
         return tracks, visible
     gray = to_gray(frames)
-    dis = cv2.DISOpticalFlow_create(p.preset)
-    finest = p.finest_scale if p.finest_scale is not None else (0 if min(h, w) <= 256 else None)
-    if finest is not None:
-        dis.setFinestScale(finest)
+    flow = _flow_fn(p, h, w)
     win = p.patch or auto_window(h, w)
     templates = _patches(gray[0], points, win) if p.min_ncc is not None else None
     recent = templates.copy() if templates is not None and p.template_update else None
@@ -677,8 +720,8 @@ def track_points_flow(
     for i in range(1, t):
         idx = np.flatnonzero(alive)
         if idx.size:
-            fwd = dis.calc(gray[i - 1], gray[i], None)
-            bwd = dis.calc(gray[i], gray[i - 1], None)
+            fwd = flow(gray[i - 1], gray[i])
+            bwd = flow(gray[i], gray[i - 1])
             p0 = cur[idx]
             p1 = p0 + _sample_flow(fwd, p0)
             back = p1 + _sample_flow(bwd, p1)
