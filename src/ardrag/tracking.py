@@ -31,8 +31,9 @@ Flow: its losses (721 pairs: 583 dropped while visible, 108 after an occlusion, 
 decided by the frame-0 patch check, not the forward-backward check (``fb_threshold`` 100 px changed nothing);
 the patch is now also compared with a slowly updated one (406 lost pairs after). Of those, 268 were dropped with
 no occlusion near, their DIS position a median 0.7 px off the truth on the last frame shown (drift, which the
-check then caught); Farneback flow drifts less on the toy's small sprites: 319 lost pairs (176 with no
-occlusion near, 108 after an occlusion, which flow never recovers).
+check then caught). Farneback flow drifts less on the toy's small sprites (its shown points 0.40 px off on
+average, DIS's 0.72 px) and loses fewer: 341 pairs (199 with no occlusion near, 108 after an occlusion, which
+flow never recovers).
 Measured cause of the losses this replaces (toy test split): LK's window on a point inside a plain or striped
 sprite only sees a straight edge or 1-D stripes (the aperture problem), so frame-to-frame LK slid along it and
 the old frame-0 NCC check then dropped the drifted point; frame-0 anchoring removes the drift.
@@ -55,7 +56,6 @@ __all__ = [
     "FlowParams",
     "auto_window",
     "auto_template",
-    "flow_window",
     "hold_last",
     "track_points",
     "track_points_flow",
@@ -146,13 +146,14 @@ class FlowParams:
     None: Farneback up to 256 px on the shorter side, DIS above (at 480 x 832 Farneback took 211 ms per frame pair
     against DIS's 68 ms). DIS was the only method until issue 8's fourth round; on the toy test split
     (scripts/bench_tracker.py) it drifted (a median 0.7 px off where the appearance check then dropped a point
-    seen all along) and kept 0.876 of the points, penalised ObjMC 1.81 px; Farneback keeps 0.903, 1.33 px, and on
-    the warped 240 x 320 real photos its median end error is 0.22-0.30 px (DIS 0.26-0.53 px) at about half
-    DIS's time per frame pair (DIS there runs at full resolution, see ``finest_scale``)."""
+    seen all along) and kept 0.876 of the points, penalised ObjMC 1.81 px; Farneback keeps 0.896, 1.39 px (on 64
+    other toy clips, seed 1: DIS 0.910 / 1.50 px, Farneback 0.924 / 1.07 px), and on the warped 240 x 320 real
+    photos its median end error is 0.22-0.30 px (DIS 0.26-0.53 px) at about half DIS's time per frame pair (DIS
+    there runs at full resolution, see ``finest_scale``)."""
     win_size: int | None = None
-    """Farneback: averaging window, pixels (odd). None: ~1/9 of the shorter image side, in 7..21 (7 px at 64 x
-    64, 21 px from ~190 px up); a 9 px window on the toy clips kept fewer points (0.896), 15 px or more on the
-    real photos drifted less than smaller ones."""
+    """Farneback: averaging window, pixels (odd). None: as LK's automatic window (9 px at 64 x 64, 21 px from ~150
+    px up). Toy clips: 7 px kept more points on the test split (0.903 vs 0.896) but fewer on 64 other clips (seed
+    1: 0.915 vs 0.924, penalised ObjMC 1.20 vs 1.07 px); on the real photos 15 px or more drifted least."""
     levels: int = 3
     """Farneback: pyramid levels above the base image."""
     iters: int = 5
@@ -182,12 +183,6 @@ class FlowParams:
 def auto_window(height: int, width: int) -> int:
     """Default LK window side for an image size: odd, ~min(H, W) / 7, in 7..21."""
     win = int(np.clip(round(min(height, width) / 7), 7, 21))
-    return win if win % 2 else win + 1
-
-
-def flow_window(height: int, width: int) -> int:
-    """Default Farneback window side for an image size: odd, ~min(H, W) / 9, in 7..21."""
-    win = int(np.clip(round(min(height, width) / 9), 7, 21))
     return win if win % 2 else win + 1
 
 
@@ -676,7 +671,7 @@ def _flow_fn(p: FlowParams, h: int, w: int):
     """(prev, next) uint8 gray -> (H, W, 2) float32 flow, as ``p.method`` says."""
     method = p.method or ("farneback" if min(h, w) <= 256 else "dis")
     if method == "farneback":
-        win = p.win_size or flow_window(h, w)
+        win = p.win_size or auto_window(h, w)
         return lambda a, b: cv2.calcOpticalFlowFarneback(
             a, b, None, 0.5, p.levels, win, p.iters, p.poly_n, p.poly_sigma, 0
         )
