@@ -103,8 +103,11 @@ def bench_tracking(repeats: int, seed: int, baseline=None) -> list[dict]:
     for name, clip in (("480x832 real (bigbuckbunny)", real), ("64x64 toy", toy)):
         for n in (24, 256):
             pts = _points(clip[0], n, rng)
-            for method, attr in (("LK", "track_points"), ("flow", "track_points_flow")):
-                fns = [{"LK": track_points, "flow": track_points_flow}[method]]
+            for method, fn, attr in (
+                ("LK", track_points, "track_points"),
+                ("flow", track_points_flow, "track_points_flow"),
+            ):
+                fns = [fn]
                 if baseline is not None:
                     fns.append(getattr(baseline, attr))
                 secs = _best_times([lambda fn=fn, clip=clip, pts=pts: fn(clip, pts) for fn in fns], repeats)

@@ -5,9 +5,9 @@
 Rows: both instruments (``track_points`` LK, ``track_points_flow`` dense flow) on (1) the toy suite's ground-truth
 videos (test split, 17 frames, up to 8 targets, as configs/eval/toy.yaml; benchmark.tracker_check.toy_items)
 with DIS flow (the flow instrument before Farneback) as a third toy row, the same on 64 toy clips outside the
-suite (the next seed's), and (2) three scikit-image photos moved by smooth random affine warps over 30 frames, without and with an
-occluding box (benchmark.tracker_check.warped_photo, seeds from --seed). tests/test_tracking.py asserts the
-same quantities.
+suite (the next seed's), and (2) three scikit-image photos moved by smooth random affine warps over 30 frames,
+without and with an occluding box (benchmark.tracker_check.warped_photo, seeds from --seed).
+tests/test_tracking.py asserts the same quantities.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ TOY_TRACKERS = {
     **TRACKERS,
     'flow, method="dis"': functools.partial(track_points_flow, params=FlowParams(method="dis")),
 }
-HELDOUT_ITEMS = (
-    64  # toy clips outside the suite (the next seed's test clips): a setting must not fit the suite only
-)
+# Toy clips outside the suite (the next seed's test clips): a setting must not fit the suite only.
+HELDOUT_ITEMS = 64
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _toy_table(rows: list[dict]) -> list[str]:
+    """Markdown lines of a toy table: header, then one row per tracker."""
+    row = (
+        "| {tracker} | {coverage:.3f} | {objmc:.2f} | {objmc_penalised:.2f} | {off_3px:.4f} | "
+        "{shown_occluded:.3f} of {occluded_pairs} | {seconds:.1f} |"
+    )
+    return [
+        "| tracker | coverage | ObjMC (px) | penalised ObjMC (px) | off >3 px | shown occluded | s |",
+        "|---|---|---|---|---|---|---|",
+        *(row.format(**r) for r in rows),
+    ]
+
+
 def _markdown(res: dict) -> str:
     lines = [
         "# Tracker accuracy on exact ground truth",
@@ -92,23 +104,13 @@ def _markdown(res: dict) -> str:
         "Coverage and ObjMC as the benchmark pools them (frames 1..16, target-visible pairs). off >3 px: share of "
         "shown pairs more than 3 px from the truth; shown occluded: share of target-occluded pairs still shown.",
         "",
-        "| tracker | coverage | ObjMC (px) | penalised ObjMC (px) | off >3 px | shown occluded | s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    toy_row = (
-        "| {tracker} | {coverage:.3f} | {objmc:.2f} | {objmc_penalised:.2f} | {off_3px:.4f} | "
-        "{shown_occluded:.3f} of {occluded_pairs} | {seconds:.1f} |"
-    )
-    lines += [toy_row.format(**r) for r in res["toy"]]
-    lines += [
+        *_toy_table(res["toy"]),
         "",
         f"Toy clips outside the suite ({HELDOUT_ITEMS} test clips of the next seed, same selection rule): a tracker "
-        "setting that only fits the suite's 32 items shows here.",
+        "setting that only fits the suite's items shows here.",
         "",
-        "| tracker | coverage | ObjMC (px) | penalised ObjMC (px) | off >3 px | shown occluded | s |",
-        "|---|---|---|---|---|---|---|",
+        *_toy_table(res["toy_heldout"]),
     ]
-    lines += [toy_row.format(**r) for r in res["toy_heldout"]]
     lines += [
         "",
         "## Real photos, smooth random affine warps, 30 frames (240x320)",
