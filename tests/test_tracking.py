@@ -190,12 +190,13 @@ def toy_suite():
     return toy_items(32)  # the toy suite's 32 ground-truth items (configs/eval/toy.yaml), rebuilt
 
 
-# Measured by scripts/bench_tracker.py (results/data/tracker_accuracy.md): LK 0.948 / 0.73 px, flow 0.896 / 1.39 px
-# (issue 8: partial-template check, re-acquisition shown from the streak's first find, updated flow patch, Farneback
-# flow; with DIS flow 0.876 / 1.81 px); before the template refinement the same split gave LK coverage 0.859 /
-# penalised 1.66 px and flow 0.780 / 2.26 px.
+# Measured by scripts/bench_tracker.py (results/data/tracker_accuracy.md): LK 0.957 / 0.60 px, flow 0.893 / 1.43 px
+# (issue 8: partial-template check, re-acquisition shown from the streak's first find and at NCC 0.7, updated flow
+# patch, Farneback flow, flow colour check; with DIS flow 0.876 / 1.81 px); before the template refinement the same
+# split gave LK coverage 0.859 / penalised 1.66 px and flow 0.780 / 2.26 px. LK shows 6 of the 133 occluded pairs
+# (0.045), flow 2.
 @pytest.mark.parametrize(
-    "tracker, min_cov, max_pen", [(track_points, 0.94, 0.78), (track_points_flow, 0.89, 1.5)]
+    "tracker, min_cov, max_pen", [(track_points, 0.95, 0.65), (track_points_flow, 0.89, 1.5)]
 )
 def test_toy_suite_ground_truth(toy_suite, tracker, min_cov, max_pen):
     from benchmark.tracker_check import toy_scores
@@ -229,9 +230,9 @@ def test_flow_methods_on_toy_suite(toy_suite):
 # end error <= 0.5 px, covered points hidden. Measured (results/data/tracker_accuracy.md): LK kept 0.984-1.000,
 # end error 0.06-0.12 px, shown covered <= 0.005. Before the constant-velocity second start and the jump rule
 # (LKParams.second_start, jump_px) the box cases kept 0.81-0.93 and showed 1.2-2.1 % of covered pairs, some tens
-# of pixels off. Flow (Farneback) ends 0.22-0.30 px off (DIS: 0.26-0.53 px), but shows up to 5.3 % of the covered
-# pairs (DIS: up to 2.9 %), nearly all on the box's first frame over the point, and one astronaut point stays shown
-# under the box's edge for 3 frames, 1.0-1.7 px off.
+# of pixels off. Flow (Farneback) ends 0.22-0.30 px off (DIS: 0.26-0.53 px), but shows up to 4.8 % of the covered
+# pairs (5.3 % before its colour check; DIS: up to 2.9 %), nearly all on the box's first frame over the point, and
+# one astronaut point stays shown under the box's edge for 3 frames, 1.0-1.7 px off.
 @pytest.mark.parametrize("occluder", [False, True], ids=["clear", "box"])
 @pytest.mark.parametrize("photo", ["astronaut.png", "coffee.png", "chelsea.png"])
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ tracked in a generated video.
 Two independent instruments measure the generated motion:
 - ``"lk"``: :func:`ardrag.tracking.track_points` (pyramidal Lucas-Kanade, forward-backward check) -- the same
   tracker the RL reward uses, so this column is *coupled* to the reward;
-- ``"flow"``: :func:`ardrag.tracking.track_points_flow` (dense Farneback or DIS optical flow chained along the points) -- a
-  different instrument, reported so that the metric is not only the reward's own measuring stick.
+- ``"flow"``: :func:`ardrag.tracking.track_points_flow` (dense Farneback or DIS optical flow chained along the
+  points) -- a different instrument, reported so that the metric is not only the reward's own measuring stick.
 
 Per video we report, over the target-visible (point, frame) pairs of frames 1..T-1 (frame 0 is where the
 tracker is seeded, so its error is zero by construction and would only dilute the mean):
