@@ -38,8 +38,9 @@ average, DIS's 0.72 px) and loses fewer: 341 pairs (199 with no occlusion near, 
 flow never recovers); 349 (205, 110) with the colour check of the fifth round. That round also tried showing a
 lost flow point again after 3 finds in a row by RGB template matching around its course, each where the flow
 carried the one before: toy suite penalised ObjMC 1.43 -> 0.95-1.28 px, but on the tests' warped real clip with a
-sliding occluder 33 of 69 re-shown pairs were over 1 px off (up to 7.7 px; the warp moves a look-alike just as the
-flow says), so flow points stay lost.
+sliding occluder 33 of 69 re-shown pairs were over 1 px off, up to 7.7 px (a find put a drifted point back in
+place, then the flow drifted again while the slowly updated patch check let it), and on the warped photos points
+hidden for 10 frames or more were found up to 10 px off; so flow points stay lost.
 Measured cause of the losses this replaces (toy test split): LK's window on a point inside a plain or striped
 sprite only sees a straight edge or 1-D stripes (the aperture problem), so frame-to-frame LK slid along it and
 the old frame-0 NCC check then dropped the drifted point; frame-0 anchoring removes the drift.
