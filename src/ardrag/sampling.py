@@ -345,8 +345,9 @@ def iter_rollout(
     Per chunk m, x <- noise_m; for n in 0..N-1: x <- step(x, n) where step n is the Flow-GRPO SDE step when
     n == sde_steps[m] (else the Euler ODE step), and carries gradient only when n == grad_steps[m] (Self-Rollout).
     What enters the KV cache is set by `cfg.cache_update` (see `RolloutConfig`); it is written by one forward at
-    `context_timestep` without gradient, so later chunks condition on it exactly as at inference, and no gradient
-    ever flows through cached keys/values (`backward_exit_predictions` offers that as an explicit choice).
+    `context_timestep` without gradient (after the chunk is yielded, and not for the last chunk), so later chunks
+    condition on it exactly as at inference, and no gradient ever flows through cached keys/values
+    (`backward_exit_predictions` offers that as an explicit choice).
     `ground_truth` (B, C, F, h, w): the data latents, needed for `cache_update='ground_truth'`.
     `on_chunk_start(start)` runs before a chunk (the streaming pipeline swaps conditions there).
     """
@@ -399,11 +400,13 @@ def iter_rollout(
         written = ground_truth[:, :, start:stop] if cfg.cache_update == "ground_truth" else x
         res.cached = context_frames(written, cfg.context_timestep, generator)
         context_so_far.append(res.cached)
-        if cache is not None:
+        # The chunk is handed out before its cache write: a streaming consumer shows it one forward sooner
+        # (the write only serves the next chunk, and runs when that is asked for; after the last chunk, never).
+        yield res
+        if cache is not None and stop < num_frames:
             with torch.no_grad():
                 t0 = torch.full((b, stop - start), cfg.context_timestep, device=x.device)
                 denoiser.cached(res.cached, t0, cache, start, write=True)
-        yield res
 
 
 def backward_exit_predictions(
