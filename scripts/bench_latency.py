@@ -103,14 +103,13 @@ def main() -> None:
     n_params = sum(p.numel() for p in pipe.transformer.parameters())
     model_name = f"`{args.checkpoint}`" if args.checkpoint else f"untrained preset `{args.preset}`"
     cmd = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
-    steps = len(pipe.config.timesteps) if pipe.config.timesteps else pipe.config.num_steps
     md = [
         f"# Per-frame latency versus frame index (frame-wise AR, {model_name})",
         "",
         f"Command: `{cmd}`  ",
         f"Model: {model_name} ({n_params:,} parameters), {pipe.config.height}x{pipe.config.width} pixels, "
         f"{pipe.config.codec.get('type', 'pixel')} codec, "
-        f"{steps} denoising steps per frame, then 1 cache write (run once the frame is out, so not in its "
+        f"{pipe.config.schedule().steps} denoising steps per frame, then 1 cache write (run once the frame is out, so not in its "
         f"latency), {args.frames} frames, seed {args.seed}.  ",
         f"Hardware: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}.  ",
         "Per-frame latency = time between consecutive yielded (decoded) frames; frame 0 = time to first frame "

@@ -757,12 +757,10 @@ def track_points_flow(
                     same |= _ncc_ok(recent[idx], patch, p.recent_ncc)
                 ok &= same
             if colour is not None:
-                ok &= colour.check(i, idx, p1)
+                ok &= colour.check(i, idx, p1, ok)
             if recent is not None:
                 upd = idx[ok]
                 recent[upd] = (1 - p.template_update) * recent[upd] + p.template_update * patch[ok]
-            if colour is not None:
-                colour.update(idx[ok])
             cur[idx[ok]] = p1[ok]
             alive[idx[~ok]] = False
         tracks[i] = cur
@@ -780,23 +778,21 @@ class _Colour:
         self.frames, self.tau = frames, tau
         self.first = self._at(0, points)
         self.recent = self.first.copy()
-        self.seen = self.first.copy()
 
     def _at(self, i: int, pts: np.ndarray) -> np.ndarray:
         return _sample(self.frames[i].astype(np.float32), pts, self._OFF).mean(1)
 
-    def check(self, i: int, idx: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    def check(self, i: int, idx: np.ndarray, pts: np.ndarray, ok: np.ndarray) -> np.ndarray:
         """bool (len(idx),): points ``idx`` at ``pts`` on frame i within ``tau`` of their frame-0 colour or within
-        half of it of their recent colour."""
-        self.seen[idx] = self._at(i, pts)
-        c = self.seen[idx]
-        return (np.linalg.norm(c - self.first[idx], axis=1) <= self.tau) | (
+        half of it of their recent colour; the recent colour of those that pass and are ``ok`` otherwise is
+        updated."""
+        c = self._at(i, pts)
+        good = (np.linalg.norm(c - self.first[idx], axis=1) <= self.tau) | (
             np.linalg.norm(c - self.recent[idx], axis=1) <= 0.5 * self.tau
         )
-
-    def update(self, idx: np.ndarray) -> None:
-        """Blend the colour just checked into the recent colour of points ``idx`` (those that passed)."""
-        self.recent[idx] = 0.8 * self.recent[idx] + 0.2 * self.seen[idx]
+        upd = good & ok
+        self.recent[idx[upd]] = 0.8 * self.recent[idx[upd]] + 0.2 * c[upd]
+        return good
 
 
 def hold_last(tracks: np.ndarray, visible: np.ndarray) -> np.ndarray:
