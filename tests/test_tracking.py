@@ -91,12 +91,11 @@ def test_occluded_points_turn_invisible_and_stay(tracker):
     # Once under the occluder a point is not reported visible (allow the first frame of contact).
     hidden = [not visible[min(first[j] + 1, T - 1) :, j].any() for j in np.flatnonzero(ever)]
     assert np.mean(hidden) >= 0.95
-    # A point shown again (LK re-acquires, see LKParams.reacquire; flow never does) is where it truly is.
+    # A point shown again (both re-acquire: LKParams.reacquire, FlowParams.reacquire) is where it truly is
+    # (measured: flow brings 54 pairs back, at worst 1.16 px off).
     back = np.zeros_like(visible)
     back[1:] = np.maximum.accumulate(np.diff(visible.astype(np.int8), axis=0) > 0, axis=0) & visible[1:]
     assert (np.linalg.norm(tracks - gt, axis=-1)[back] <= 3.0).all()
-    if tracker is track_points_flow:
-        assert not back.any()
     # Points never covered are mostly kept.
     assert visible[-1][~ever].mean() >= (0.8 if tracker is track_points else 0.6)
 
@@ -190,13 +189,13 @@ def toy_suite():
     return toy_items(32)  # the toy suite's 32 ground-truth items (configs/eval/toy.yaml), rebuilt
 
 
-# Measured by scripts/bench_tracker.py (results/data/tracker_accuracy.md): LK 0.957 / 0.60 px, flow 0.926 / 1.08 px
+# Measured by scripts/bench_tracker.py (results/data/tracker_accuracy.md): LK 0.957 / 0.60 px, flow 0.934 / 0.97 px
 # (issue 8: partial-template check, re-acquisition shown from the streak's first find and at NCC 0.7, updated flow
-# patch, Farneback flow, flow colour check, flow drift control; without the last 0.893 / 1.43 px, with DIS flow
-# 0.876 / 1.81 px); before the template refinement the same split gave LK coverage 0.859 / penalised 1.66 px and
-# flow 0.780 / 2.26 px. LK shows 6 of the 133 occluded pairs (0.045), flow 2.
+# patch, Farneback flow, flow colour check, flow drift control and re-acquisition; without the last two flow gave
+# 0.893 / 1.43 px, with DIS flow 0.876 / 1.81 px); before the template refinement the same split gave LK coverage
+# 0.859 / penalised 1.66 px and flow 0.780 / 2.26 px. LK shows 6 of the 133 occluded pairs (0.045), flow 2.
 @pytest.mark.parametrize(
-    "tracker, min_cov, max_pen", [(track_points, 0.95, 0.65), (track_points_flow, 0.92, 1.15)]
+    "tracker, min_cov, max_pen", [(track_points, 0.95, 0.65), (track_points_flow, 0.925, 1.05)]
 )
 def test_toy_suite_ground_truth(toy_suite, tracker, min_cov, max_pen):
     from benchmark.tracker_check import toy_scores
@@ -210,9 +209,9 @@ def test_toy_suite_ground_truth(toy_suite, tracker, min_cov, max_pen):
 
 def test_flow_methods_on_toy_suite(toy_suite):
     """DIS stays available (``FlowParams(method="dis")``, the flow instrument before Farneback). Its drift shows what
-    the drift control (``FlowParams.snap_radius``) does: without it DIS keeps 0.871 of the points, penalised 1.84 px
-    (its shown points a mean 0.71 px off), with it 0.930 / 1.05 px (0.33 px); Farneback 0.926 / 1.08 px. An unknown
-    method is a clear error."""
+    the drift control (``FlowParams.snap_radius``) does: with neither it nor re-acquisition DIS keeps 0.871 of the
+    points, penalised 1.84 px (its shown points a mean 0.71 px off); with both 0.939 / 0.92 px (0.33 px). Farneback
+    (the default up to 256 px) 0.934 / 0.97 px. An unknown method is a clear error."""
     from functools import partial
 
     from ardrag.tracking import FlowParams
@@ -220,7 +219,7 @@ def test_flow_methods_on_toy_suite(toy_suite):
 
     dis = toy_scores(partial(track_points_flow, params=FlowParams(method="dis")), toy_suite)
     drifting = toy_scores(
-        partial(track_points_flow, params=FlowParams(method="dis", snap_radius=None)), toy_suite
+        partial(track_points_flow, params=FlowParams(method="dis", snap_radius=None, reacquire=0)), toy_suite
     )
     assert dis["coverage"] >= 0.92 and dis["objmc_penalised"] <= 1.15
     # shown points: within 0.45 px of the truth on average with the drift control, >= 0.6 px without
@@ -283,8 +282,7 @@ def test_warped_real_photos(photo, occluder, tracker, max_end_err, max_shown_cov
     if occluder:
         assert s["covered_pairs"] >= 300
         assert s["shown_covered"] <= max_shown_covered  # invisible while covered
-        # A point shown after the box has passed over it (LK re-acquires it; flow never hides and shows a point
-        # again, but may keep one shown under the box's edge, see above) is near its place.
-        if tracker is track_points_flow:
-            assert s["reappeared"] <= 1
-        assert s["reappeared_err_max"] <= 2.0  # measured 0.25-1.34 px (LKParams.reacquire), flow 0.79 px
+        # Points come back after the box has passed over them (re-acquired: LK 92-134 points, flow 61-96; flow
+        # may also keep one shown under the box's edge, see above) and are near their place.
+        assert s["reappeared"] >= 30
+        assert s["reappeared_err_max"] <= 2.0  # measured 0.25-1.34 px (LK), 0.76-1.41 px (flow)
