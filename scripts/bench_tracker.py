@@ -117,8 +117,8 @@ def _markdown(res: dict) -> str:
         "",
         "kept: never-covered points shown on the last frame; end err: their median error there; off >1 px: share "
         "of all shown pairs; shown covered: share of pairs at least 1 px under the box that are shown; back: points "
-        "shown after being covered (LK re-acquires; flow never hides and shows a point again, so a flow point here was "
-        "kept shown while covered) and their worst error then.",
+        "shown after being covered (both trackers show a lost point again once they find it, LKParams.reacquire and "
+        "FlowParams.reacquire; a point kept shown while covered counts too) and their worst error then.",
         "",
         "| photo | occluder | tracker | points | kept | end err (px) | off >1 px | shown covered | back (worst px) |",
         "|---|---|---|---|---|---|---|---|---|",
