@@ -7,8 +7,9 @@ Method (written into the result): each stage is `ardrag-fit` with its committed 
 set to a few steps, into a temporary folder, with the thread count the recipe gives it: the teacher alone on 2
 threads; the three SFT students side by side on 1 thread each (as the recipe trains them); RL on 2 threads from the
 committed SFT student. Seconds per step = the span of the logged `train/*` scalars from the first logged step to the
-last over the steps between (start-up, the first steps and the export excluded). The projection multiplies by the
-config's `max_steps`; callbacks that run every few hundred steps (sample videos, RL's reward probe, validation),
+last over the steps between (start-up, the first steps and the export excluded); RL's scalars are logged per batch
+of rollouts, so its step is a batch (`max_steps` / `grpo.inner_updates` of them). The projection multiplies by the
+config's length in those steps; callbacks that run every few hundred steps (sample videos, RL's reward probe, validation),
 checkpoints and exports are not in it, so it is a lower bound for the recipe's training time (without the toy
 world, 1-2 min, and the benchmark). Nothing is asserted: a CPU shared with other jobs gives larger numbers.
 """
@@ -40,11 +41,16 @@ STAGES = {  # name: (configs, threads, group); a group's stages run side by side
 }
 
 
-def max_steps(configs: list[str]) -> int:
-    steps = None
+def logged_steps(configs: list[str]) -> int:
+    """The run's length in the unit its train/* scalars are logged in: optimizer steps, except for RL, whose
+    scalars are logged per batch of rollouts (each batch makes `grpo.inner_updates` optimizer steps)."""
+    steps, inner = None, 1
     for c in configs:
-        steps = (yaml.safe_load((ROOT / c).read_text()).get("trainer") or {}).get("max_steps", steps)
-    return int(steps)
+        cfg = yaml.safe_load((ROOT / c).read_text())
+        steps = (cfg.get("trainer") or {}).get("max_steps", steps)
+        grpo = ((cfg.get("model") or {}).get("init_args") or {}).get("grpo") or {}
+        inner = grpo.get("inner_updates", inner)
+    return int(steps) // int(inner)
 
 
 def step_seconds(run: Path) -> tuple[float, int]:
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results/training", help="folder for recipe_cost.{md,json}")
     ap.add_argument("--steps", type=int, default=25, help="steps per teacher/SFT stage (RL: --rl-steps)")
-    ap.add_argument("--rl-steps", type=int, default=8, help="RL optimizer steps (2 per batch of rollouts)")
+    ap.add_argument("--rl-steps", type=int, default=12, help="RL optimizer steps (2 per batch of rollouts)")
     args = ap.parse_args(argv)
 
     rows = []
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             names = [n for n, s in STAGES.items() if s[2] == group]
             t0 = time.perf_counter()
             steps = args.rl_steps if group == "rl" else args.steps
-            procs = {n: launch(n, steps, tmp, 2 if group == "rl" else 5) for n in names}
+            procs = {n: launch(n, steps, tmp, 1 if group == "rl" else 5) for n in names}
             for n, p in procs.items():
                 if p.wait() != 0:
                     print((tmp / f"{n}.log").read_text()[-3000:], file=sys.stderr)
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in names:
                 sps, span = step_seconds(tmp / n / "tb")
                 configs, threads, _ = STAGES[n]
-                full = max_steps(configs)
+                full = logged_steps(configs)
                 log = (tmp / f"{n}.log").read_text()
                 rows.append(
                     {
@@ -152,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['config_steps']} | {r['projected_min']:.1f} | {prec} |"
         )
     lines += [
+        "",
+        "RL's step here is one batch of rollouts (its `train/*` scalars are logged per batch; each batch makes "
+        "`grpo.inner_updates` optimizer steps, so its config steps are `max_steps` / `inner_updates`).",
         "",
         f"Projected training time of `bash scripts/toy_recipe.sh` at the committed step counts: "
         f"{result['projected_training_min']:.0f} min (teacher {by_group['teacher']:.0f}, the three students side by "
