@@ -478,13 +478,18 @@ def _patches(gray: np.ndarray, pts: np.ndarray, win: int) -> np.ndarray:
     return _remap(gray.astype(np.float32), map_x, map_y).reshape(len(pts), -1)
 
 
+def _zncc(template: np.ndarray, patch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-mean NCC of gray patches along the last axis (shapes broadcast, e.g. (N, 1, K) templates against (N, M,
+    K) candidates), and whether each template is flat (std under 1 grey level: its NCC is noise)."""
+    a = template - template.mean(axis=-1, keepdims=True)
+    b = patch - patch.mean(axis=-1, keepdims=True)
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    return (a * b).sum(axis=-1) / np.maximum(na * nb, 1e-6), na < 1.0 * np.sqrt(a.shape[-1])
+
+
 def _ncc_ok(template: np.ndarray, patch: np.ndarray, threshold: float) -> np.ndarray:
     """bool (N,): zero-mean NCC of each row pair above threshold; flat templates (no pattern) pass."""
-    a = template - template.mean(axis=1, keepdims=True)
-    b = patch - patch.mean(axis=1, keepdims=True)
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    flat = na < 1.0 * np.sqrt(a.shape[1])  # template std under 1 grey level: NCC is noise
-    ncc = (a * b).sum(axis=1) / np.maximum(na * nb, 1e-6)
+    ncc, flat = _zncc(template, patch)
     return flat | (ncc >= threshold)
 
 
@@ -792,7 +797,7 @@ def track_points_flow(
     re = _FlowReacquire(points, p) if p.reacquire and templates is not None else None
     for i in range(1, t):
         idx = np.flatnonzero(alive)
-        if idx.size or (re is not None and re.pending(i)):
+        if idx.size or (re is not None and re.searching(i).any()):
             fwd = flow(gray[i - 1], gray[i])
             bwd = flow(gray[i], gray[i - 1])
             ok = np.zeros(0, bool)
@@ -829,7 +834,7 @@ def track_points_flow(
                     if recent is not None:
                         recent[back_on] = templates[back_on]
                     if colour is not None:
-                        colour.recent[back_on] = colour.first[back_on]
+                        colour.restart(back_on)
         tracks[i] = cur
         visible[i] = alive
     return tracks, visible
@@ -846,14 +851,14 @@ class _FlowReacquire:
         self.vel = np.zeros_like(points)
         self.streak = np.zeros(n, int)
         self.pos = points.copy()
-        r = p.search_px
-        off = np.arange(-np.floor(r), np.floor(r) + 1, dtype=np.float32)
-        self.side = off
+        self.r = int(np.floor(p.search_px))
+        off = np.arange(-self.r, self.r + 1, dtype=np.float32)
         ox, oy = np.meshgrid(off, off)
-        self.grid = np.stack([ox.ravel(), oy.ravel()], axis=1)
+        self.grid = np.stack([ox.ravel(), oy.ravel()], axis=1)  # row-major, as cv2.matchTemplate's result
 
-    def pending(self, i: int) -> bool:
-        return bool(((self.lost_at >= 0) & (i - self.lost_at <= self.p.max_hidden)).any())
+    def searching(self, i: int) -> np.ndarray:
+        """bool (N,): points lost no more than ``max_hidden`` frames before frame i."""
+        return (self.lost_at >= 0) & (i - self.lost_at <= self.p.max_hidden)
 
     def step(
         self,
@@ -878,14 +883,11 @@ class _FlowReacquire:
             k = min(i - 1, 4)
             self.vel[newly_lost] = (tracks[i - 1, newly_lost] - tracks[i - 1 - k, newly_lost]) / max(k, 1)
             self.streak[newly_lost] = 0
-        cand = np.flatnonzero(
-            ~alive & (self.lost_at >= 0) & (self.lost_at < i) & (i - self.lost_at <= p.max_hidden)
-        )
-        cand = cand[~np.isin(cand, newly_lost)]
+        cand = np.flatnonzero(~alive & self.searching(i) & (self.lost_at < i))  # not those lost on frame i
         if cand.size == 0:
             return cand
         course = self.anchor[cand] + self.vel[cand] * (i - self.lost_at[cand] + 1)[:, None]
-        r = len(self.side) // 2
+        r = self.r
         areas = _patches(gray, course, 2 * r + win).reshape(len(cand), 2 * r + win, 2 * r + win)
         tm = templates[cand].reshape(len(cand), win, win)
         ncc = np.stack([cv2.matchTemplate(a, t, cv2.TM_CCOEFF_NORMED).ravel() for a, t in zip(areas, tm)])
@@ -901,8 +903,7 @@ class _FlowReacquire:
             f[found] = _snap(gray, templates[cand[found]], f[found], win, p)
         found &= _inside(f, h, w)
         if colour is not None and found.any():
-            c = colour._at(i, f)
-            found &= np.linalg.norm(c - colour.first[cand], axis=1) <= 0.5 * colour.tau
+            found &= colour.near_first(i, cand, f, 0.5)
         # a streak continues when the find is where the flow carried the previous find
         prev_ok = self.streak[cand] > 0
         carried = self.pos[cand] + _sample_flow(fwd, self.pos[cand])
@@ -922,11 +923,7 @@ def _snap(gray: np.ndarray, templates: np.ndarray, pts: np.ndarray, win: int, p:
     ox, oy = np.meshgrid(off, off)
     grid = np.stack([ox.ravel(), oy.ravel()], axis=1)  # (M, 2), the centre included
     cand = _patches(gray, (pts[:, None] + grid[None]).reshape(-1, 2), win).reshape(len(pts), len(grid), -1)
-    a = templates - templates.mean(axis=1, keepdims=True)
-    b = cand - cand.mean(axis=2, keepdims=True)
-    ncc = np.einsum("nk,nmk->nm", a, b) / np.maximum(
-        np.linalg.norm(a, axis=1)[:, None] * np.linalg.norm(b, axis=2), 1e-6
-    )
+    ncc, _ = _zncc(templates[:, None], cand)  # (N, M)
     centre = int(np.argmin(np.abs(grid).sum(axis=1)))
     best = ncc.argmax(axis=1)
     rows = np.arange(len(pts))
@@ -961,6 +958,14 @@ class _Colour:
         upd = good & ok
         self.recent[idx[upd]] = 0.8 * self.recent[idx[upd]] + 0.2 * c[upd]
         return good
+
+    def near_first(self, i: int, idx: np.ndarray, pts: np.ndarray, share: float) -> np.ndarray:
+        """bool (len(idx),): points ``idx`` at ``pts`` on frame i within ``share * tau`` of their frame-0 colour."""
+        return np.linalg.norm(self._at(i, pts) - self.first[idx], axis=1) <= share * self.tau
+
+    def restart(self, idx: np.ndarray) -> None:
+        """A re-acquired point's recent colour starts again from its frame-0 colour."""
+        self.recent[idx] = self.first[idx]
 
 
 def hold_last(tracks: np.ndarray, visible: np.ndarray) -> np.ndarray:
