@@ -3,6 +3,8 @@
 # students -> RL (GRPO) -> committed checkpoints -> benchmark tables, reward curve and GIF strip.
 #
 #   bash scripts/toy_recipe.sh            # every stage resumes (--ckpt_path last); a finished stage is skipped
+#   TRAIN_ONLY=1 bash scripts/toy_recipe.sh   # data and the training stages only (no benchmark), e.g. to time them:
+#   python scripts/recipe_report.py --runs runs/recipe --out results/training/recipe_run
 #
 # This REGENERATES the committed artifacts: results/toy/checkpoints/{teacher,sft,sft_no_rollout,sft_chunk3,rl}
 # (bf16 exports with a RECIPE.md each) and results/toy/ (tables, reward curve, samples). Training runs go to
@@ -36,7 +38,9 @@ ardrag-export --ckpt $last --dtype bfloat16 --out $CKPTS/$name
 }
 
 echo "== data: toy world in $DATA"
+t0=$SECONDS
 ardrag-toyworld "$DATA"
+printf 'data\t%s\t%s\n' "$((SECONDS - t0))" "$DATA" >> "$RUNS/walltime.tsv"
 stage teacher 2 "teacher: the toy bidirectional motion-conditioned teacher (20-step sampler)" --config configs/toy/teacher.yaml
 # The three SFT students distil the freshly trained teacher side by side, one torch thread each (on 2 cores three
 # single-thread runs finish sooner than three two-thread runs in a row); their logs go to $RUNS/<name>.log
@@ -49,6 +53,11 @@ stage sft_chunk3 1 "sft_chunk3: Self-Forcing-style baseline (exit-prediction cac
   --config configs/toy/sft.yaml --config configs/toy/sft_chunk3.yaml "$T" > "$RUNS/sft_chunk3.log" 2>&1 &
 for job in $(jobs -p); do wait "$job" || { echo "an SFT stage failed: see $RUNS/sft*.log" >&2; exit 1; }; done
 stage rl 2 "rl: AR-Drag (full), GRPO of the sft student with the tracker motion reward" --config configs/toy/rl.yaml --model.init_args.init="$RUNS/sft/export"
+if [ -n "${TRAIN_ONLY:-}" ]; then
+  echo "done (TRAIN_ONLY): checkpoints in $CKPTS, stage wall times in $RUNS/walltime.tsv"
+  exit 0
+fi
+t0=$SECONDS
 
 echo "== benchmark: ardrag-eval --config configs/eval/toy.yaml (results/toy/)"
 # the table's "initial model" row: the untrained toy backbone (configs/eval/toy.yaml reads it from runs/toy/export/init)
@@ -62,4 +71,5 @@ ardrag-eval --config configs/eval/sft_check.yaml --publish
 python scripts/long_horizon.py --frames 81 --clips 4 --seeds 0 1 2 \
   --method "AR-Drag=pipeline:$CKPTS/rl" --method "w/o Self-Rollout=pipeline:$CKPTS/sft_no_rollout" \
   --method "Warp=warp" --out results/toy/long_horizon
+printf 'benchmark\t%s\t\n' "$((SECONDS - t0))" >> "$RUNS/walltime.tsv"
 echo "done: checkpoints in $CKPTS, tables in results/toy/, stage wall times in $RUNS/walltime.tsv"

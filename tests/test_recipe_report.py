@@ -1,0 +1,56 @@
+"""scripts/recipe_report.py: the recipe's training time is data + teacher + the slowest of the side-by-side students
++ RL, read from walltime.tsv (a resumed stage counts each time it ran), and the report says whether it fits."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("recipe_report", ROOT / "scripts" / "recipe_report.py")
+recipe_report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(recipe_report)
+
+TSV = "data\t60\tdata/toyworld\nteacher\t1800\truns/r/teacher/checkpoints/step0000400.ckpt\n"
+STUDENTS = "sft\t2000\tx\nsft_no_rollout\t2100\tx\nsft_chunk3\t1900\tx\n"
+
+
+def _runs(tmp_path: Path, text: str) -> Path:
+    runs = tmp_path / "runs"
+    (runs / "teacher" / "checkpoints").mkdir(parents=True)
+    (runs / "teacher" / "checkpoints" / "step0000400.ckpt").write_bytes(b"")
+    (runs / "walltime.tsv").write_text(text)
+    return runs
+
+
+def test_training_time_counts_the_slowest_student_and_resumed_stages(tmp_path):
+    runs = _runs(tmp_path, TSV + STUDENTS + "rl\t500\tx\nrl\t100\tx\nbenchmark\t900\t\n")
+    out = tmp_path / "report"
+    assert recipe_report.main(["--runs", str(runs), "--out", str(out), "--target-min", "80"]) == 0
+    rec = json.loads(out.with_suffix(".json").read_text())
+    # 60 + 1800 + max(2000, 2100, 1900) + (500 + 100): the benchmark is not training
+    assert rec["training_seconds"] == pytest.approx(4560.0)
+    assert rec["within_target"] is True  # 76 min <= 80
+    assert {r["stage"]: r["steps"] for r in rec["stages"]}["teacher"] == 400
+    assert "**76.0 min**, within the 80-minute budget" in out.with_suffix(".md").read_text()
+    assert recipe_report.main(["--runs", str(runs), "--out", str(out), "--target-min", "75"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["within_target"] is False
+
+
+def test_data_time_falls_back_to_the_toy_worlds_own_record(tmp_path):
+    runs = _runs(tmp_path, TSV.split("\n", 1)[1] + STUDENTS + "rl\t600\tx\n")
+    data = tmp_path / "toyworld"
+    data.mkdir()
+    (data / "toyworld.json").write_text(json.dumps({"seconds": 65.5}))
+    out = tmp_path / "report"
+    recipe_report.main(["--runs", str(runs), "--out", str(out), "--data", str(data)])
+    assert json.loads(out.with_suffix(".json").read_text())["training_seconds"] == pytest.approx(4565.5)
+
+
+def test_an_unfinished_recipe_is_a_clear_error(tmp_path):
+    runs = _runs(tmp_path, TSV)
+    with pytest.raises(SystemExit, match="no row for sft, sft_no_rollout, sft_chunk3, rl"):
+        recipe_report.main(["--runs", str(runs), "--out", str(tmp_path / "r")])
