@@ -152,7 +152,10 @@ class ShardSink:
 
     Each shard is written as ``.tar.tmp`` and renamed when complete, so a reader (or a re-run after a
     crash) never sees half a shard. ``on_shard(path, keys)`` is called after each rename (used by
-    ``ardrag-prepare`` to record finished videos).
+    ``ardrag-prepare`` to record finished videos). Every tar member gets the time stamp ``mtime`` (default 0, as
+    reproducible builds do; None: the time of writing), so the same samples give byte-identical shards: the
+    benchmark keys its caches by the suite's bytes (``benchmark.methods.folder_fingerprint``), and a toy world
+    written again, or on another machine, keeps them.
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class ShardSink:
         maxcount: int = 100,
         start_shard: int = 0,
         on_shard=None,
+        mtime: float | None = 0.0,
     ):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +174,12 @@ class ShardSink:
         self.written: list[Path] = []
         pattern = str(self.out_dir / f"{name}-%06d.tar.tmp")
         self._writer = wds.ShardWriter(
-            pattern, maxcount=maxcount, start_shard=start_shard, verbose=0, post=self._finish_shard
+            pattern,
+            maxcount=maxcount,
+            start_shard=start_shard,
+            verbose=0,
+            post=self._finish_shard,
+            mtime=mtime,
         )
 
     def _finish_shard(self, tmp_name: str) -> None:

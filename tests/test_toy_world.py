@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import cv2
 import numpy as np
 
+from benchmark.methods import folder_fingerprint
 from datamodules.shards import iter_samples
 from datamodules.toy_world import ToyWorldConfig, clip_seed, main, render_clip, write_toy_world
 
@@ -92,6 +94,19 @@ def test_clip_statistics_match_the_spec():
     assert not np.array_equal(a.video, b.video)
     # Deterministic.
     np.testing.assert_array_equal(render_clip(clip_seed(0, "train", 0)).video, a.video)
+
+
+def test_toy_world_shards_are_byte_identical_when_written_again(tmp_path):
+    """The benchmark keys its caches by the suite's bytes: a toy world written twice (another day, another
+    machine) must give the same shards, tar member times included (was: the time of writing)."""
+    a = write_toy_world(tmp_path / "a", num_train=3, num_val=2, num_test=2, seed=3, progress=False)
+    time.sleep(1.1)  # tar stores whole seconds
+    write_toy_world(tmp_path / "b", num_train=3, num_val=2, num_test=2, seed=3, progress=False)
+    files = [p for split in a["shards"].values() for p in split]
+    assert len(files) >= 3
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    assert folder_fingerprint(tmp_path / "a" / "test") == folder_fingerprint(tmp_path / "b" / "test")
 
 
 def test_write_toy_world_roundtrip(tmp_path):
