@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from ardrag.hardware import cpu_flags, cpu_name
+from ardrag.training.tblog import step_wall_times
 from ardrag.video import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,16 +56,7 @@ def logged_steps(configs: list[str]) -> int:
 
 def step_seconds(run: Path) -> tuple[float, int]:
     """(seconds per step, steps spanned) from the wall times of the run's logged train/* scalars."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    stamps: dict[int, float] = {}
-    for f in run.rglob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags().get("scalars", []):
-            if tag.startswith("train/"):
-                for e in acc.Scalars(tag):
-                    stamps[int(e.step)] = max(stamps.get(int(e.step), 0.0), e.wall_time)
+    stamps = step_wall_times(run, "train/")
     steps = sorted(stamps)
     if len(steps) < 2:
         raise RuntimeError(f"bench_recipe: fewer than 2 logged steps in {run}")

@@ -54,3 +54,31 @@ def test_an_unfinished_recipe_is_a_clear_error(tmp_path):
     runs = _runs(tmp_path, TSV)
     with pytest.raises(SystemExit, match="no row for sft, sft_no_rollout, sft_chunk3, rl"):
         recipe_report.main(["--runs", str(runs), "--out", str(tmp_path / "r")])
+
+
+def test_tblog_reads_values_wall_times_and_resumed_segments(tmp_path):
+    """ardrag.training.tblog: a resumed run's later events file wins for the steps it logged again, in values
+    (read_run_scalars) and in wall times (step_wall_times, what scripts/bench_recipe.py times steps with); the wall
+    span adds each segment's own span, so the pause between segments is not counted."""
+    import os
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from ardrag.training.tblog import read_run_scalars, step_wall_times
+
+    segments = [(tmp_path / "run" / "a", range(0, 6), 1000.0), (tmp_path / "run" / "b", range(4, 8), 5000.0)]
+    for k, (folder, steps, t0) in enumerate(segments):
+        w = SummaryWriter(str(folder))
+        for s in steps:
+            w.add_scalar("train/loss", 10.0 * k + s, s, walltime=t0 + 2.0 * s)
+            w.add_scalar("val/x", 1.0, s, walltime=t0 + 2.0 * s + 0.5)
+        w.close()
+        f = next(folder.glob("events.out.tfevents.*"))
+        os.utime(f, (t0, t0))  # file age orders the segments
+    merged, wall = read_run_scalars(tmp_path / "run", "train/")
+    assert merged["train/loss"] == {0: 0, 1: 1, 2: 2, 3: 3, 4: 14, 5: 15, 6: 16, 7: 17}
+    assert "val/x" not in merged
+    assert wall == pytest.approx((10.5 - 0.0) + (14.5 - 8.0))
+    stamps = step_wall_times(tmp_path / "run", "train/")
+    assert stamps == {0: 1000.0, 1: 1002.0, 2: 1004.0, 3: 1006.0, 4: 5008.0, 5: 5010.0, 6: 5012.0, 7: 5014.0}
+    assert step_wall_times(tmp_path / "run")[7] == pytest.approx(5014.5)  # the last tag logged at the step
