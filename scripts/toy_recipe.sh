@@ -5,6 +5,8 @@
 #   bash scripts/toy_recipe.sh            # every stage resumes (--ckpt_path last); a finished stage is skipped
 #   TRAIN_ONLY=1 bash scripts/toy_recipe.sh   # data and the training stages only (no benchmark), e.g. to time them:
 #   python scripts/recipe_report.py --runs runs/recipe --out results/training/recipe_run
+#   TEACHER_STEPS=360 SFT_STEPS=180 bash scripts/toy_recipe.sh   # override the configs' max_steps (teacher; the
+#                                         # three students), with a checkpoint every quarter, third or half of it
 #
 # This REGENERATES the committed artifacts: results/toy/checkpoints/{teacher,sft,sft_no_rollout,sft_chunk3,rl}
 # (bf16 exports with a RECIPE.md each) and results/toy/ (tables, reward curve, samples). Training runs go to
@@ -37,20 +39,29 @@ ardrag-export --ckpt $last --dtype bfloat16 --out $CKPTS/$name
   printf '%s\t%s\t%s\n' "$name" "$((SECONDS - t0))" "$last" >> "$RUNS/walltime.tsv"
 }
 
+steps() {  # steps N: ardrag-fit overrides for N training steps (nothing when N is empty)
+  [ -z "$1" ] && return 0
+  local every=$1 d
+  for d in 4 3 2; do if (($1 % d == 0)); then every=$(($1 / d)); break; fi; done
+  echo "--trainer.max_steps=$1 --checkpoint_every=$every"
+}
+TS=$(steps "${TEACHER_STEPS:-}")
+SS=$(steps "${SFT_STEPS:-}")
+
 echo "== data: toy world in $DATA"
 t0=$SECONDS
 ardrag-toyworld "$DATA"
 printf 'data\t%s\t%s\n' "$((SECONDS - t0))" "$DATA" >> "$RUNS/walltime.tsv"
-stage teacher 2 "teacher: the toy bidirectional motion-conditioned teacher (20-step sampler)" --config configs/toy/teacher.yaml
+stage teacher 2 "teacher: the toy bidirectional motion-conditioned teacher (20-step sampler)" --config configs/toy/teacher.yaml $TS
 # The three SFT students distil the freshly trained teacher side by side, one torch thread each (on 2 cores three
 # single-thread runs finish sooner than three two-thread runs in a row); their logs go to $RUNS/<name>.log
 T="--model.init_args.teacher=$RUNS/teacher/export"
-stage sft 1 "sft: the AR-Drag toy student (frame-wise, Self-Rollout, DMD from the teacher)" --config configs/toy/sft.yaml "$T" \
+stage sft 1 "sft: the AR-Drag toy student (frame-wise, Self-Rollout, DMD from the teacher)" --config configs/toy/sft.yaml "$T" $SS \
   > "$RUNS/sft.log" 2>&1 &
 stage sft_no_rollout 1 "sft_no_rollout: ablation without Self-Rollout (exit-prediction cache update, chunk 1)" \
-  --config configs/toy/sft.yaml --config configs/toy/sft_no_rollout.yaml "$T" > "$RUNS/sft_no_rollout.log" 2>&1 &
+  --config configs/toy/sft.yaml --config configs/toy/sft_no_rollout.yaml "$T" $SS > "$RUNS/sft_no_rollout.log" 2>&1 &
 stage sft_chunk3 1 "sft_chunk3: Self-Forcing-style baseline (exit-prediction cache update, chunk 3)" \
-  --config configs/toy/sft.yaml --config configs/toy/sft_chunk3.yaml "$T" > "$RUNS/sft_chunk3.log" 2>&1 &
+  --config configs/toy/sft.yaml --config configs/toy/sft_chunk3.yaml "$T" $SS > "$RUNS/sft_chunk3.log" 2>&1 &
 for job in $(jobs -p); do wait "$job" || { echo "an SFT stage failed: see $RUNS/sft*.log" >&2; exit 1; }; done
 stage rl 2 "rl: AR-Drag (full), GRPO of the sft student with the tracker motion reward" --config configs/toy/rl.yaml --model.init_args.init="$RUNS/sft/export"
 if [ -n "${TRAIN_ONLY:-}" ]; then
