@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from ardrag.cli.fit import cpu_precision
 from ardrag.hardware import cpu_name
 from ardrag.training.tblog import read_run_scalars
 from ardrag.video import atomic_write_bytes
@@ -63,6 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     scal = {tag: sorted(v.items()) for tag, v in merged.items()}
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     model = cfg.get("model", {})
+    trainer = cfg.get("trainer", {})
+    configured = trainer.get("precision") or "32-true"
+    # what ardrag-fit trained in on this machine (the recipe writes RECIPE.md right after training, on the same CPU)
+    ran = cpu_precision(
+        trainer.get("precision"), trainer.get("accelerator"), cfg.get("cpu_bf16", "auto"), True
+    )
+    precision = (
+        configured
+        if ran is None
+        else f"{ran} (the config's {configured} needs native bf16, which this CPU lacks)"
+    )
     lines = [
         f"# {args.title}",
         "",
@@ -74,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- Model class: `{model.get('class_path')}`; config as run: `{run}/tb/config.yaml` (from the command's "
         "configs); seed "
         f"{cfg.get('seed_everything')} (`seed_everything`), model seed {model.get('init_args', {}).get('seed')}.",
-        f"- Steps: {steps} (`trainer.max_steps` {cfg.get('trainer', {}).get('max_steps')}); precision "
-        f"{cfg.get('trainer', {}).get('precision') or 'float32'}; batch {cfg.get('data', {}).get('init_args', {}).get('batch_size')}"
+        f"- Steps: {steps} (`trainer.max_steps` {trainer.get('max_steps')}); precision {precision}; batch {cfg.get('data', {}).get('init_args', {}).get('batch_size')}"
         f" clips of {cfg.get('data', {}).get('init_args', {}).get('num_frames')} frames.",
         f"- Wall time: {wall / 60:.1f} min of training (TensorBoard event span) on CPU {cpu_name()} x{os.cpu_count()} "
         "(torch threads as in the command; `OMP_NUM_THREADS` unset = all cores).",

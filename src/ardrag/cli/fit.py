@@ -88,10 +88,10 @@ def _build_cli_class():
     return FitCLI
 
 
-def cpu_precision(precision: Any, accelerator: Any, mode: str = "auto") -> str | None:
+def cpu_precision(precision: Any, accelerator: Any, mode: str = "auto", quiet: bool = False) -> str | None:
     """The precision to train in instead of the config's, or None to keep it: a bf16 precision on a CPU run
     becomes "32-true" when the CPU has no native bf16 (``ardrag.hardware.cpu_has_native_bf16`` is False), unless
-    ``mode`` is "keep". Says so on stderr."""
+    ``mode`` is "keep". Says so on stderr unless ``quiet`` (scripts/write_recipe.py asks what a run trained in)."""
     import torch
 
     from ardrag.hardware import cpu_has_native_bf16
@@ -101,6 +101,8 @@ def cpu_precision(precision: Any, accelerator: Any, mode: str = "auto") -> str |
     on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
     if not on_cpu or cpu_has_native_bf16() is not False:
         return None
+    if quiet:
+        return "32-true"
     print(
         f"ardrag-fit: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag), so precision {precision} would "
         "emulate bf16 matmuls many times slower than fp32; training in 32-true (--cpu_bf16 keep to force it)",
