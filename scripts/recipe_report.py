@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 from pathlib import Path
 
-from ardrag.hardware import cpu_has_native_bf16, cpu_name
+from ardrag.cli.fit import last_step
+from ardrag.hardware import cpu_has_native_bf16, cpu_name, git_commit
 from ardrag.video import atomic_write_bytes
 
 STUDENTS = ("sft", "sft_no_rollout", "sft_chunk3")
@@ -51,11 +51,6 @@ def training_seconds(walls: dict[str, float]) -> float:
     return walls["data"] + walls["teacher"] + max(walls[s] for s in STUDENTS) + walls["rl"]
 
 
-def steps_of(run: Path) -> int | None:
-    ckpts = sorted((run / "checkpoints").glob("step*.ckpt"))
-    return int(ckpts[-1].stem.removeprefix("step")) if ckpts else None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -72,15 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = Path(args.runs)
     walls = data_seconds(read_walltimes(runs / "walltime.tsv"), Path(args.data))
     train = training_seconds(walls)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = (git_commit() or "unknown")[:7]
     load = os.getloadavg()
     rows = [
         {
             "stage": s,
             "seconds": round(walls[s], 1),
-            "steps": steps_of(runs / s) if s not in ("data", "benchmark") else None,
+            "steps": last_step(runs / s) if s not in ("data", "benchmark") else None,
         }
         for s in ORDER
         if s in walls

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from ardrag.cli.fit import cpu_precision
+from ardrag.cli.fit import cpu_precision, last_step
 from ardrag.hardware import cpu_name
 from ardrag.training.tblog import read_run_scalars
 from ardrag.video import atomic_write_bytes
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
     cfg = yaml.safe_load((run / "tb" / "config.yaml").read_text())
-    ckpts = sorted((run / "checkpoints").glob("step*.ckpt"))
-    steps = int(ckpts[-1].stem.removeprefix("step")) if ckpts else None
+    steps = last_step(run)
     merged, wall = read_run_scalars(run)
     scal = {tag: sorted(v.items()) for tag, v in merged.items()}
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -111,6 +111,13 @@ def cpu_precision(precision: Any, accelerator: Any, mode: str = "auto", quiet: b
     return "32-true"
 
 
+def last_step(root: str | Path) -> int | None:
+    """The step of the newest periodic checkpoint a run wrote (`<root>/checkpoints/step0000360.ckpt` -> 360), None
+    when there is none (RECIPE.md and the recipe's report read a run's length this way)."""
+    ckpts = sorted((Path(root) / "checkpoints").glob("step*.ckpt"))
+    return int(ckpts[-1].stem.removeprefix("step")) if ckpts else None
+
+
 def resolve_ckpt(ckpt: str | None, root: Path) -> str | None:
     """'last' -> <root>/checkpoints/last.ckpt when it exists (None: start fresh); a path must exist."""
     if ckpt is None:
