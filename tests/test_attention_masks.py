@@ -1,5 +1,6 @@
-"""FlexAttention block masks built from frame masks (no token-level mask): equal to the dense SDPA mask, cached per
-layout, small at full scale, and the backend choice is saved with the model."""
+"""Masked attention without a token-level mask: FlexAttention block masks and the 'sdpa' backend's per-run SDPA
+calls (frame plans), both built from frame masks, equal to SDPA with the dense mask, cached per layout, small at full
+scale, and the backend choice is saved with the model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from torch.nn.attention.flex_attention import flex_attention
 
 import ardrag.models.causal_wan as causal_wan
 from ardrag.models import CausalConfig, CausalWanTransformer, preset_config, teacher_forcing_frame_mask
-from ardrag.models.attention import expand_frame_mask, frame_block_mask
+from ardrag.models.attention import (
+    causal_frame_mask,
+    expand_frame_mask,
+    frame_attention,
+    frame_block_mask,
+    frame_plan,
+)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -71,3 +78,81 @@ def test_flex_backend_is_saved_cached_and_never_builds_a_token_mask(tmp_path, mo
     torch.testing.assert_close(flex, dense, rtol=0, atol=1e-4)  # flex == sdpa (float32 kernel rounding)
     with pytest.raises(ValueError, match="attention_backend"):
         model.attention_backend = "xformers"
+
+
+@pytest.mark.parametrize(
+    "layout,frames,cfg",
+    [
+        ("teacher_forcing", 5, CausalConfig(chunk_size=1, cache_frames=2, sink_frames=1)),
+        ("teacher_forcing", 9, CausalConfig(chunk_size=1, cache_frames=7)),
+        ("teacher_forcing", 7, CausalConfig(chunk_size=3, cache_frames=4, sink_frames=1)),
+        ("causal", 7, CausalConfig(chunk_size=2, cache_frames=3)),
+    ],
+)
+def test_frame_attention_equals_the_dense_mask_with_gradients(layout, frames, cfg):
+    """The 'sdpa' backend's per-run SDPA calls give the dense-mask attention and its gradients (float32 rounding;
+    a key frame shown to the wrong query run changes outputs by O(1)); query frames with the same visible keys share
+    one call (a chunk of the causal layout)."""
+    mask = (teacher_forcing_frame_mask if layout == "teacher_forcing" else causal_frame_mask)(frames, cfg)
+    tpf = 3
+    plan = frame_plan(mask, tpf)
+    rows = mask.tolist()
+    assert len(plan.groups) == 1 + sum(rows[i] != rows[i - 1] for i in range(1, len(rows)))
+    for q0, q1, spans in plan.groups:  # the spans list exactly the visible key frames of every row of the run
+        seen = torch.zeros(mask.shape[1], dtype=torch.bool)
+        for a, b in spans:
+            seen[a:b] = True
+        assert all(torch.equal(mask[i], seen) for i in range(q0, q1))
+    g = torch.Generator().manual_seed(0)
+    n = mask.shape[0] * tpf
+    qkv = [torch.randn(2, 2, n, 8, generator=g, requires_grad=True) for _ in range(3)]
+    w = torch.randn(2, 2, n, 8, generator=g)
+    dense = F.scaled_dot_product_attention(*qkv, attn_mask=expand_frame_mask(mask, tpf))
+    grads_dense = torch.autograd.grad((dense * w).sum(), qkv)
+    ours = frame_attention(*qkv, plan)
+    grads_ours = torch.autograd.grad((ours * w).sum(), qkv)
+    torch.testing.assert_close(ours, dense, rtol=0, atol=1e-5)
+    for a, b in zip(grads_ours, grads_dense):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_frame_plan_refuses_a_query_frame_that_sees_nothing():
+    mask = torch.eye(3, dtype=torch.bool)
+    mask[1, 1] = False
+    with pytest.raises(ValueError, match="query frame 1 sees no key frame"):
+        frame_plan(mask, 4)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_sdpa_backend_equals_the_dense_backend_without_a_token_mask(monkeypatch):
+    """The default backend ('sdpa', as every committed export records) runs the teacher-forcing forward and its
+    backward like the dense-mask reference ('dense'), never building a token mask, with one plan per layout."""
+    model = CausalWanTransformer(**preset_config("tiny"))
+    assert model.attention_backend == "sdpa"
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    g = torch.Generator().manual_seed(1)
+    clean, noisy = torch.randn(2, 12, 6, 4, 4, generator=g), torch.randn(2, 12, 6, 4, 4, generator=g)
+    ctx, t = torch.randn(2, 3, 16, generator=g), torch.rand(2, 6, generator=g) * 1000
+    causal = CausalConfig(chunk_size=2, cache_frames=3, sink_frames=1)
+
+    def run():
+        model.zero_grad()
+        out = model.forward_teacher_forcing(clean, noisy, t, ctx, causal)
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    def no_dense(*args, **kwargs):
+        raise AssertionError("the sdpa path built a dense token mask")
+
+    monkeypatch.setattr(causal_wan, "expand_frame_mask", no_dense)
+    out, grads = run()
+    run()
+    assert len(model._block_masks) == 1  # the second forward reused the first one's plan
+    monkeypatch.undo()
+    model.attention_backend = "dense"
+    out_dense, grads_dense = run()
+    torch.testing.assert_close(out, out_dense, rtol=0, atol=1e-5)
+    assert len(grads) == len(grads_dense) > 0
+    assert max((a - b).abs().max().item() for a, b in zip(grads, grads_dense)) < 1e-5

@@ -27,9 +27,12 @@ from torch.utils.checkpoint import checkpoint
 
 from ardrag.models.attention import (
     CausalConfig,
+    FramePlan,
     KVCache,
     expand_frame_mask,
+    frame_attention,
     frame_block_mask,
+    frame_plan,
     frame_visible,
     teacher_forcing_frame_mask,
 )
@@ -133,19 +136,24 @@ class CausalWanBlock(WanTransformerBlock):
                 v = torch.cat([past[1].to(v.dtype), v], dim=2)
         if isinstance(attn_mask, BlockMask):
             out = _flex_attention()(q, k, v, block_mask=attn_mask)
+        elif isinstance(attn_mask, FramePlan):
+            out = frame_attention(q, k, v, attn_mask)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = out.transpose(1, 2).flatten(2, 3).type_as(x)
         return attn.to_out[1](attn.to_out[0](out))
 
 
-ATTENTION_BACKENDS = ("sdpa", "flex")
-"""How masked self-attention runs. 'sdpa': a dense boolean (tokens x tokens) mask, fine at toy scale but 4.3 GB at 21
-latent frames of 480x832 in the teacher-forcing layout. 'flex': a FlexAttention BlockMask built from the frame mask
-at block granularity (memory O(blocks^2), no token mask at all): use it for full-scale masked training on CUDA."""
+ATTENTION_BACKENDS = ("sdpa", "dense", "flex")
+"""How masked self-attention runs. 'sdpa': one unmasked scaled_dot_product_attention per run of query frames over the
+key frames they see (`attention.frame_attention`; no token mask, masked-out scores never computed). 'dense': one
+call with a dense boolean (tokens x tokens) mask, the reference (4.3 GB of mask at 21 latent frames of 480x832 in
+the teacher-forcing layout; before stop 27 this was 'sdpa'). 'flex': a FlexAttention BlockMask built from the frame
+mask at block granularity (memory O(blocks^2)), compiled on CUDA: for full-scale masked training there. All three
+are equal to float32 rounding (tests/test_attention_masks.py)."""
 
 MAX_CACHED_BLOCK_MASKS = 8
-"""Block masks kept per model (keyed by shape and frame mask): a training run uses one or two layouts."""
+"""Block masks / frame plans kept per model (keyed by backend, shape and frame mask): a run uses one or two layouts."""
 
 PREDICTION_TYPES = ("velocity", "sample")
 """What `proj_out` predicts. 'velocity' (Wan2.1's own): v = eps - x0. 'sample': the clean latent x0, returned as the
@@ -220,7 +228,8 @@ class CausalWanTransformer(WanTransformer3DModel):
         # random stream of the base constructor, so a seed gives the same model as before.
         for block in self.blocks:
             block.__class__ = CausalWanBlock
-        self._block_masks: OrderedDict[tuple, BlockMask] = OrderedDict()  # flex masks per (shape, frame mask)
+        # flex block masks and sdpa frame plans, per (backend, shape, frame mask)
+        self._block_masks: OrderedDict[tuple, BlockMask | FramePlan] = OrderedDict()
 
     # ------------------------------------------------------------------ construction helpers
     def _make_cond_embedding(self, channels: int) -> nn.Conv3d:
@@ -465,13 +474,22 @@ class CausalWanTransformer(WanTransformer3DModel):
             raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
         self.register_to_config(attention_backend=backend)
 
-    def _token_mask(self, frame_mask: torch.Tensor, tpf: int) -> torch.Tensor | BlockMask:
-        """The attention mask of a (F, F) frame mask: a dense token mask (sdpa) or a cached BlockMask (flex)."""
-        if self.attention_backend == "sdpa":
+    def _token_mask(self, frame_mask: torch.Tensor, tpf: int) -> torch.Tensor | BlockMask | FramePlan:
+        """The attention mask of a (F, F) frame mask: a cached FramePlan (sdpa), a dense token mask (dense) or a
+        cached BlockMask (flex)."""
+        backend = self.attention_backend
+        if backend == "dense":
             return expand_frame_mask(frame_mask, tpf)
-        key = (tpf, tuple(frame_mask.shape), str(frame_mask.device), frame_mask.cpu().numpy().tobytes())
+        key = (
+            backend,
+            tpf,
+            tuple(frame_mask.shape),
+            str(frame_mask.device),
+            frame_mask.cpu().numpy().tobytes(),
+        )
         if key not in self._block_masks:
-            self._block_masks[key] = frame_block_mask(frame_mask, tpf)
+            build = frame_plan if backend == "sdpa" else frame_block_mask
+            self._block_masks[key] = build(frame_mask, tpf)
             while len(self._block_masks) > MAX_CACHED_BLOCK_MASKS:
                 self._block_masks.popitem(last=False)
         self._block_masks.move_to_end(key)
