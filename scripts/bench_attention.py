@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ardrag import ARDragPipeline
 from ardrag.hardware import hardware_string, provenance
+from ardrag.models.attention import expand_frame_mask, frame_attention, frame_plan, teacher_forcing_frame_mask
 from ardrag.video import atomic_write_bytes
 
 BACKENDS = ("dense", "sdpa")
@@ -33,6 +35,24 @@ def step_seconds(model, inputs: dict, backend: str) -> tuple[float, torch.Tensor
     out = model.forward_teacher_forcing(**inputs)
     out.square().mean().backward()
     return time.perf_counter() - t0, out.detach()
+
+
+def attention_only(plan_mask: torch.Tensor, tpf: int, batch: int, heads: int, dim: int, seed: int):
+    """The attention op alone, forward + backward: (seconds dense, seconds per-run, max abs difference)."""
+    g = torch.Generator().manual_seed(seed)
+    n = plan_mask.shape[0] * tpf
+    qkv = [torch.randn(batch, heads, n, dim, generator=g, requires_grad=True) for _ in range(3)]
+    dense_mask, plan = expand_frame_mask(plan_mask, tpf), frame_plan(plan_mask, tpf)
+    res = {}
+    for name, fn in (
+        ("dense", lambda: F.scaled_dot_product_attention(*qkv, attn_mask=dense_mask)),
+        ("sdpa", lambda: frame_attention(*qkv, plan)),
+    ):
+        t0 = time.perf_counter()
+        out = fn()
+        out.square().sum().backward()
+        res[name] = (time.perf_counter() - t0, out.detach())
+    return res["dense"][0], res["sdpa"][0], float((res["dense"][1] - res["sdpa"][1]).abs().max())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
                 sec, outs[b] = step_seconds(model, inputs, b)
                 times[b].append(sec)
         med = {b: statistics.median(v) for b, v in times.items()}
+        # the attention op alone, at the model's heads and head size and this layout's frame mask
+        heads, dim = model.config.num_attention_heads, model.config.attention_head_dim
+        mask = teacher_forcing_frame_mask(f, causal)
+        alone = [
+            attention_only(mask, model.tokens_per_frame(h, w), args.batch, heads, dim, args.seed)
+            for _ in range(args.repeats + 1)
+        ][1:]  # the first is a warm-up
         rows.append(
             {
                 "frames": f,
@@ -77,12 +104,20 @@ def main(argv: list[str] | None = None) -> int:
                 "dense_s": med["dense"],
                 "sdpa_s": med["sdpa"],
                 "speedup": med["dense"] / med["sdpa"],
+                "attention_only_dense_s": statistics.median(a[0] for a in alone),
+                "attention_only_sdpa_s": statistics.median(a[1] for a in alone),
+                "attention_only_max_abs_diff": max(a[2] for a in alone),
                 "max_abs_diff": float((outs["dense"] - outs["sdpa"]).abs().max()),
                 "output_std": float(outs["dense"].std()),
                 "runs": times,
             }
         )
-        print(f"{f} frames: dense {med['dense']:.3f} s, sdpa {med['sdpa']:.3f} s", flush=True)
+        r = rows[-1]
+        print(
+            f"{f} frames: dense {med['dense']:.3f} s, sdpa {med['sdpa']:.3f} s; attention alone "
+            f"{r['attention_only_dense_s']:.3f} vs {r['attention_only_sdpa_s']:.3f} s",
+            flush=True,
+        )
 
     command = "python scripts/bench_attention.py " + " ".join(
         [f"--student {args.student}", f"--batch {args.batch}", "--frames", *map(str, args.frames)]
@@ -104,12 +139,25 @@ def main(argv: list[str] | None = None) -> int:
         "| latent frames | tokens per video | dense (s) | sdpa (s) | dense / sdpa | max abs output difference | output std |",
         "|---|---|---|---|---|---|---|",
     ]
+    tail = [
+        "",
+        "The attention op alone (forward + backward of q, k, v with the model's heads and head size, the same frame "
+        "mask; the layers around it are the same in both backends), median of the same number of runs after a "
+        "warm-up:",
+        "",
+        "| latent frames | dense (s) | per-run SDPA (s) | dense / per-run | max abs difference |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['frames']} | {r['tokens']} | {r['dense_s']:.3f} | {r['sdpa_s']:.3f} | {r['speedup']:.2f} "
             f"| {r['max_abs_diff']:.1e} | {r['output_std']:.2f} |"
         )
-    atomic_write_bytes(out / "attention_speed.md", ("\n".join(lines) + "\n").encode())
+        tail.append(
+            f"| {r['frames']} | {r['attention_only_dense_s']:.3f} | {r['attention_only_sdpa_s']:.3f} "
+            f"| {r['attention_only_dense_s'] / r['attention_only_sdpa_s']:.2f} | {r['attention_only_max_abs_diff']:.1e} |"
+        )
+    atomic_write_bytes(out / "attention_speed.md", ("\n".join(lines + tail) + "\n").encode())
     print(f"wrote {out / 'attention_speed.md'}")
     return 0
 

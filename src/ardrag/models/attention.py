@@ -157,8 +157,8 @@ def frame_plan(frame_mask: torch.Tensor, tokens_per_frame: int) -> FramePlan:
 def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: FramePlan) -> torch.Tensor:
     """SDPA of q (B, H, Fq*T, D) over k, v (B, H, Fk*T, D) as the plan's frame mask allows: one unmasked call per
     run of query frames over only the keys they see. Equal to SDPA with the dense token mask (float32 rounding),
-    without building it, and without computing the masked-out scores: in the teacher-forcing layout of 9 frames
-    with a 7-frame window, attention forward + backward is ~2.5x faster on a CPU than the dense mask."""
+    without building it, and without computing the masked-out scores; one call per run costs Python overhead, so
+    it pays where the mask hides much of a long sequence (results/training/attention_speed.md)."""
     t = plan.tokens_per_frame
     out = []
     for q0, q1, spans in plan.groups:
