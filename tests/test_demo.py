@@ -88,12 +88,14 @@ def expected_frames(pipe, image, tracks, seed=0, update_after=None, new_tracks=N
 class GatedPipeline:
     """The pipeline, but frame `hold` waits for `release` before it is yielded (frames < hold flow freely).
 
-    Lets a test look at the page while generation is provably unfinished: frames produced so far are counted.
+    Lets a test look at the page while generation is provably unfinished: frames produced so far are counted, and
+    `making_held` is set once the consumer has asked for frame `hold` (from then on that frame is being made).
     """
 
     def __init__(self, pipe: ARDragPipeline, hold: int):
         self.pipe, self.config, self.hold = pipe, pipe.config, hold
         self.release = threading.Event()
+        self.making_held = threading.Event()
         self.produced = 0
 
     def stream(self, *args, **kwargs):
@@ -104,6 +106,8 @@ class GatedPipeline:
             if self.produced - 1 == self.hold and not self.release.wait(60):
                 raise RuntimeError("test gate was never released")
             update = yield frame
+            if self.produced == self.hold:
+                self.making_held.set()
             try:
                 frame = inner.send(update)
             except StopIteration:
@@ -239,14 +243,16 @@ def test_a_page_closing_mid_stream_frees_the_model(pipe, image, caplog):
             a.send_json(req)
             assert a.receive_json()["type"] == "started"
             assert a.receive_json()["index"] == 0
+            # the page closes only once the worker is making frame 1 (under CPU load it could otherwise see the
+            # closed page before starting frame 1, and there would be no frame in flight to test)
+            assert gated.making_held.wait(20)
         assert app.state.demo.model_lock.locked()  # frame 1 is still being made for the closed page
         gated.release.set()  # the held frame finishes, the worker sees the page is gone and lets go
         deadline = time.monotonic() + 20
         while app.state.demo.model_lock.locked() and time.monotonic() < deadline:
             time.sleep(0.01)
-        # it stopped at the frame in flight instead of finishing the video (under CPU load the worker may see the
-        # closed page before it starts frame 1: 1 or 2 frames, never more)
-        assert gated.produced in (1, 2) and T > 2
+        # it stopped at the frame in flight (frame 1) instead of finishing the video
+        assert gated.produced == 2 and T > 2
         with client.websocket_connect("/ws") as b:
             gated.hold = -1
             b.send_json(req)
