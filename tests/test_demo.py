@@ -221,8 +221,11 @@ def test_one_generation_per_page_others_queue_and_stop_ends_it(pipe, image):
             assert "already being generated" in a.receive_json()["message"]
             b.send_json(req)  # another page waits for the model
             assert b.receive_json() == {"type": "queued"}
+            assert gated.making_held.wait(20)  # the worker is making frame 2 when the stop comes
             a.send_json({"type": "stop"})
-            time.sleep(0.2)  # let the stop flag land before the held frame is released
+            # the server reads a page's messages in order: its answer to the next one shows the stop has landed
+            a.send_json({"type": "ping"})
+            assert "unknown message type 'ping'" in a.receive_json()["message"]
             gated.release.set()
             while (msg := a.receive_json())["type"] != "done":
                 assert msg["type"] == "frame"
