@@ -1,11 +1,18 @@
 """Training callbacks: sample videos with the target trajectories drawn (every stage), and the RL stage's reward
-probe on fixed validation conditions."""
+probe on fixed validation conditions.
+
+One rule for every callback, on any number of ranks (`on_every_rank_write_on_rank0`): the inputs come from rank 0
+and are broadcast, every rank runs the computation (its forwards gather sharded weights under FSDP, so a rank that
+skips them would leave the others waiting) and reads `trainer.log_dir` (a broadcast), then rank 0 alone writes
+files and logs. A callback that returned early on ranks other than 0 would desynchronise the ranks' collectives.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -30,6 +37,32 @@ def due(step: int, every: int) -> bool:
     return every > 0 and step > 0 and step % every == 0
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def on_every_rank_write_on_rank0(
+    trainer: pl.Trainer, compute: Callable[[], T], write: Callable[[T, Path], R]
+) -> R | None:
+    """The rule of every callback here: `compute()` runs on every rank (collectives, forwards of sharded weights),
+    `trainer.log_dir` (a broadcast under a multi-process strategy) is read on every rank, then rank 0 alone calls
+    `write(result, log_dir)` and its value is returned there (None on the other ranks)."""
+    result = compute()
+    log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    if not trainer.is_global_zero:
+        return None
+    return write(result, log_dir)
+
+
+def rank0_batch(trainer: pl.Trainer, n: int) -> dict[str, Any] | None:
+    """`fixed_val_batch` of rank 0, broadcast to every rank (ranks read disjoint validation shards, and a rank
+    without one would otherwise skip the computation the others wait in). Call on every rank."""
+    batch = fixed_val_batch(trainer, n) if trainer.is_global_zero else None
+    if trainer.world_size > 1:
+        batch = trainer.strategy.broadcast(batch, src=0)
+    return batch
+
+
 def fixed_val_batch(trainer: pl.Trainer, n: int) -> dict[str, Any] | None:
     """The first `n` conditions of the datamodule's validation stream as one batch (None without one)."""
     dm = trainer.datamodule
@@ -41,6 +74,8 @@ def fixed_val_batch(trainer: pl.Trainer, n: int) -> dict[str, Any] | None:
         parts.append(batch)
         if sum(len(b["prompt"]) for b in parts) >= n:
             break
+    if not parts:
+        return None
 
     def join(key: str, vals: list[Any]) -> Any:
         if isinstance(vals[0], torch.Tensor):
@@ -77,27 +112,33 @@ class SampleVideos(pl.Callback):
 
     def _fixed_batch(self, trainer: pl.Trainer) -> dict[str, Any] | None:
         if self._batch is None:
-            self._batch = fixed_val_batch(trainer, self.num_videos)
+            self._batch = rank0_batch(trainer, self.num_videos)
         return self._batch
 
     def log_samples(self, trainer: pl.Trainer, module: pl.LightningModule) -> Path | None:
-        batch = self._fixed_batch(trainer)
-        if batch is None or not trainer.is_global_zero:
+        """Generate on every rank, write the GIF and the TensorBoard strip on rank 0 (its path; None elsewhere)."""
+        batch = self._fixed_batch(trainer)  # the same on every rank, so all ranks agree to skip or to sample
+        if batch is None:
             return None
-        with eval_mode(module):
-            videos = module.sample_videos(batch)
-        tracks, visible = batch["tracks"].numpy(), batch["visible"].numpy()
-        drawn = [draw_tracks(v, tracks[i], visible[i], self.scale) for i, v in enumerate(videos)]
-        grid = np.concatenate(drawn, axis=2)  # videos side by side: (T, H, B * W, 3)
         step = trainer.global_step
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        path = write_video(log_dir / "samples" / f"step_{step:06d}.gif", grid, fps=8.0)
-        logger = trainer.logger
-        if logger is not None and hasattr(logger.experiment, "add_image"):
-            idx = np.linspace(0, len(grid) - 1, self.num_frames_logged).round().astype(int)
-            strip = np.concatenate(list(grid[idx]), axis=0)  # frames top to bottom
-            logger.experiment.add_image("samples/frames", strip, step, dataformats="HWC")
-        return path
+
+        def compute() -> np.ndarray:
+            with eval_mode(module):
+                return module.sample_videos(batch)
+
+        def write(videos: np.ndarray, log_dir: Path) -> Path:
+            tracks, visible = batch["tracks"].numpy(), batch["visible"].numpy()
+            drawn = [draw_tracks(v, tracks[i], visible[i], self.scale) for i, v in enumerate(videos)]
+            grid = np.concatenate(drawn, axis=2)  # videos side by side: (T, H, B * W, 3)
+            path = write_video(log_dir / "samples" / f"step_{step:06d}.gif", grid, fps=8.0)
+            logger = trainer.logger
+            if logger is not None and hasattr(logger.experiment, "add_image"):
+                idx = np.linspace(0, len(grid) - 1, self.num_frames_logged).round().astype(int)
+                strip = np.concatenate(list(grid[idx]), axis=0)  # frames top to bottom
+                logger.experiment.add_image("samples/frames", strip, step, dataformats="HWC")
+            return path
+
+        return on_every_rank_write_on_rank0(trainer, compute, write)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if due(trainer.global_step, self.every_n_steps):
@@ -130,20 +171,27 @@ class RewardProbe(pl.Callback):
         self._last_step = -1
 
     def probe(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, float] | None:
+        """Rewards computed on every rank, logged on rank 0 (the metrics there; None elsewhere)."""
         step = trainer.global_step
-        if step == self._last_step or not trainer.is_global_zero:
+        if step == self._last_step:  # the same on every rank
             return None
         if self._batch is None:
-            self._batch = fixed_val_batch(trainer, self.num_conditions)
-            if self._batch is None:
-                return None
-        with eval_mode(module):
-            means = module.probe_rewards(self._batch, self.seeds)
+            self._batch = rank0_batch(trainer, self.num_conditions)
+        if self._batch is None:
+            return None
         self._last_step = step
-        metrics = {f"val/reward/{k}": v for k, v in means.items()}
-        if trainer.logger is not None:
-            trainer.logger.log_metrics(metrics, step=step)
-        return metrics
+
+        def compute() -> dict[str, float]:
+            with eval_mode(module):
+                return module.probe_rewards(self._batch, self.seeds)
+
+        def write(means: dict[str, float], log_dir: Path) -> dict[str, float]:
+            metrics = {f"val/reward/{k}": v for k, v in means.items()}
+            if trainer.logger is not None:
+                trainer.logger.log_metrics(metrics, step=step)
+            return metrics
+
+        return on_every_rank_write_on_rank0(trainer, compute, write)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.global_step == 0:  # a resumed run logged its starting point already
