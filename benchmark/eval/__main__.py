@@ -1,0 +1,5 @@
+"""``python -m benchmark.eval``: the same as ``ardrag-eval``."""
+
+from benchmark.eval.cli import main
+
+raise SystemExit(main())
