@@ -8,7 +8,9 @@ For each ``results/**/meta.json`` (written by ``ardrag-eval`` or a benchmark scr
 3. no file that defines the numbers (metric, tracker, pipeline and data code, the eval and pipeline configs,
    checkpoint folders inside the repo) changed between the recorded commit and HEAD; a result written by a
    script listed in ``SCRIPT_DEFINED_BY`` is checked against that script, the code it lists and the folders its
-   command names.
+   command names. Python code that was only moved between files, re-documented or re-imported counts as
+   unchanged: the functions and statements of those paths (docstrings, comments and imports left out) must be
+   the same at both commits, up to the cache-key definitions in ``CACHE_KEYS``.
 Results that record no commit are listed as unchecked. Exit code 1 when any result is stale, else 0.
 A stale result is regenerated with its committed command (see its folder's RUN.md), e.g.
 ``ardrag-eval --config configs/eval/skvideo.yaml --publish``, at a clean commit.
@@ -27,7 +29,9 @@ from typing import Any
 # Paths whose content decides an eval table's numbers (git pathspecs, relative to the repo root).
 NUMBER_DEFINING = [
     "benchmark",
+    "src/ardrag/tracking",
     "src/ardrag/tracking.py",
+    "src/ardrag/aesthetic.py",
     "src/ardrag/video.py",
     "src/ardrag/pipeline.py",
     "src/ardrag/sampling.py",
@@ -47,8 +51,13 @@ PLACE_KEYS = ("out_dir", "cache_dir")
 # stream and imports neither the tracker, the benchmark nor the data code.
 _PIPELINE_CODE = [p for p in NUMBER_DEFINING if p.startswith(("src/ardrag/", "configs/pipeline"))]
 SCRIPT_DEFINED_BY = {
-    "scripts/bench_latency.py": [p for p in _PIPELINE_CODE if p != "src/ardrag/tracking.py"],
+    "scripts/bench_latency.py": [
+        p for p in _PIPELINE_CODE if p not in ("src/ardrag/tracking", "src/ardrag/tracking.py")
+    ],
 }
+# Definitions that decide which cached values the eval reuses, never the values: a change to them alone leaves a
+# result valid.
+CACHE_KEYS = {"code_fingerprint", "PER_VIDEO_CODE", "SET_LEVEL_CODE"}
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -73,6 +82,64 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
             out += _diff_keys(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
+
+
+def _statements(source: str) -> list[str]:
+    """A Python file's code as normalised statements: each function (methods included, without the class around
+    it) and each other module- or class-level statement; docstrings, imports, ``__all__``, ``__main__`` guards and
+    ``CACHE_KEYS`` left out."""
+    import ast
+
+    def body(nodes: list) -> list:
+        doc = nodes and isinstance(nodes[0], ast.Expr) and isinstance(nodes[0].value, ast.Constant)
+        return nodes[1:] if doc and isinstance(nodes[0].value.value, str) else nodes
+
+    def names(node: ast.AST) -> set[str]:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return {node.name}
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        return {t.id for t in targets if isinstance(t, ast.Name)}
+
+    out: list[str] = []
+
+    def walk(nodes: list) -> None:
+        for node in body(nodes):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) or names(node) & (CACHE_KEYS | {"__all__"}):
+                continue
+            if isinstance(node, ast.If) and "__main__" in ast.dump(node.test):
+                continue
+            if isinstance(node, ast.ClassDef):
+                walk(node.body)
+                continue
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for fn in [
+                    n for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                ]:
+                    fn.body = body(fn.body) or [ast.Pass()]
+            out.append(ast.dump(node))
+
+    walk(ast.parse(source).body)
+    return out
+
+
+def _code(root: Path, rev: str, paths: list[str]) -> list[str]:
+    """Sorted normalised statements of every Python file under ``paths`` at ``rev`` (``__main__.py`` aside)."""
+    files = _git(root, "ls-tree", "-r", "--name-only", rev, "--", *paths).stdout.split()
+    out: list[str] = []
+    for f in files:
+        if f.endswith(".py") and not f.endswith("__main__.py"):
+            out += _statements(_git(root, "show", f"{rev}:{f}").stdout)
+    return sorted(out)
+
+
+def same_code(root: Path, commit: str, paths: list[str], changed: list[str]) -> bool:
+    """Whether the ``changed`` files (all Python) only moved, re-documented or re-imported code under ``paths``."""
+    if not all(f.endswith(".py") for f in changed):
+        return False
+    try:
+        return _code(root, commit, paths) == _code(root, "HEAD", paths)
+    except SyntaxError:
+        return False
 
 
 def check_meta(root: Path, meta_path: Path) -> tuple[str, list[str]]:
@@ -120,7 +187,7 @@ def check_meta(root: Path, meta_path: Path) -> tuple[str, list[str]]:
             if keys:
                 reasons.append(f"config {cfg_file} differs in {', '.join(keys[:6])}")
     changed = _git(root, "diff", "--name-only", commit, "HEAD", "--", *paths).stdout.split()
-    if changed:
+    if changed and not same_code(root, commit, paths, changed):
         more = f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""
         reasons.append(f"changed since {commit[:7]}: {', '.join(changed[:6])}{more}")
     return ("stale" if reasons else "ok"), reasons

@@ -132,3 +132,27 @@ def test_a_script_result_depends_on_the_code_it_runs(repo):
         status, reasons = check()
         assert status == "stale" and path in reasons[0], (path, reasons)
         _git(repo, "reset", "-q", "--hard", "HEAD~1")
+
+
+def test_moved_or_redocumented_code_keeps_a_result_ok(repo):
+    """Code moved to another file, with a new docstring and imports, leaves the result ok; a changed value or a
+    changed non-Python input makes it stale; a cache-key change alone does not."""
+    (repo / "benchmark/scale.py").write_text('"""Where the scale lives now."""\n\nimport os\n\nSCALE = 1\n')
+    (repo / "benchmark/metric.py").write_text("from benchmark.scale import SCALE  # noqa: F401\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "move SCALE")
+    assert _check(repo) == ("ok", [])
+    (repo / "benchmark/scale.py").write_text("SCALE = 2\n")
+    _git(repo, "commit", "-qam", "new scale")
+    status, reasons = _check(repo)
+    assert status == "stale" and "benchmark/scale.py" in reasons[0]
+    _git(repo, "reset", "-q", "--hard", "HEAD~1")
+    (repo / "benchmark/metric.py").write_text(
+        'from benchmark.scale import SCALE  # noqa: F401\n\nPER_VIDEO_CODE = ("benchmark.scale",)\n'
+    )
+    _git(repo, "commit", "-qam", "cache key")
+    assert _check(repo) == ("ok", [])
+    (repo / "benchmark/table.csv").write_text("1\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "data")
+    assert _check(repo)[0] == "stale"
