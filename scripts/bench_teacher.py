@@ -2,7 +2,7 @@
 and the full-scale Wan2.1-1.3B teacher's memory per GPU under FSDP.
 Method (written into the result):
   - toy step: configs/toy/teacher.yaml's model (preset toy, attention_head_dim 64, ffn_dim 512, prediction_type
-    sample, sample_base [12, 24]) with the toy pipeline (configs/pipeline/toy.json: 12-channel PCA codec, motion
+    sample, sample_base [25, 37]: the motion preview) with the toy pipeline (configs/pipeline/toy.json: 12-channel PCA codec, motion
     preview), batch 8 x 17 frames x 64x64, 5 tracks; one step = conditions from a synthetic
     batch (codec, heatmaps, text) + condition dropout + flow-matching loss forward + backward + AdamW step (no EMA,
     no logging, no data loading). Median of a few timed steps after one warm-up step;
@@ -52,7 +52,7 @@ TOY = ModelInit(
         "attention_head_dim": 64,
         "ffn_dim": 512,
         "prediction_type": "sample",
-        "sample_base": [12, 24],
+        "sample_base": [25, 37],
     },
 )
 BATCH, FRAMES, TRACKS = 8, 17, 5

@@ -11,7 +11,12 @@ With `motion_preview_radius > 0` (an option; the toy pipeline uses it) C more ch
 *motion preview*, the reference image with a disc of that radius around each drag's start pasted at the drag's
 position in that frame (`motion_preview`), encoded like a video. It derives only from the reference and the drags,
 so it adds no information; it puts the dragged appearance next to the tokens that must draw it, which a small model
-cannot fetch from elsewhere in the frame by attention alone (README "Method notes").
+cannot fetch from elsewhere in the frame by attention alone (docs/method.md).
+With `preview_fill` the preview carries no remnant: the pixels a dragged neighbourhood vacates (its start disc where
+nothing is pasted in that frame) get a smooth estimate of the surrounding background instead of the reference, and one
+more channel after the preview flags them (the vacated fraction of each latent pixel), so the model knows which
+pixels it has to invent. Without it the dragged sprite is drawn twice, at its target and still at its start, and a
+model trained on it learns to leave that copy behind.
 """
 
 from __future__ import annotations
@@ -38,12 +43,50 @@ PALETTE = torch.tensor(
 
 
 REFERENCE_FRAMES = ("first", "all")
+MOVED_PX = 0.5
+"""A drag whose point is more than this many pixels from its start has moved (with the filled preview, only moved
+drags paste and vacate)."""
 
 
-def cond_channels(codec: Codec, motion_preview: bool = False) -> int:
+def cond_channels(codec: Codec, motion_preview: bool = False, preview_fill: bool = False) -> int:
     """Number of extra backbone input channels for this codec: trajectory + reference latents + mask
-    (+ the motion-preview latent)."""
-    return (3 if motion_preview else 2) * codec.latent_channels + 1
+    (+ the motion-preview latent, + the vacated-pixel flag when the preview is filled)."""
+    if preview_fill and not motion_preview:
+        raise ValueError("preview_fill needs the motion preview (motion_preview_radius > 0)")
+    return (3 if motion_preview else 2) * codec.latent_channels + 1 + int(preview_fill)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) with replicated borders (kernel radius 3 sigma)."""
+    r = max(int(3 * sigma), 1)
+    ax = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
+    g = torch.exp(-(ax**2) / (2 * sigma**2))
+    g = (g / g.sum()).to(x.dtype)
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(
+        F.pad(x, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c
+    )
+
+
+def smooth_fill(image: torch.Tensor, known: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Normalised convolution: a smooth estimate of `image` from its `known` pixels only.
+
+    image (B, C, H, W); known (B, 1, H, W) in [0, 1]. Returns (B, C, H, W): blur(image * known) / blur(known) with a
+    Gaussian of `sigma` px, widened (x2, x4, x8) where too few known pixels are near.
+    """
+    out = image.new_zeros(image.shape)
+    done = torch.zeros_like(known)
+    for k in range(4):
+        wsum = _gaussian_blur(known, sigma * 2**k)
+        est = _gaussian_blur(image * known, sigma * 2**k) / wsum.clamp_min(1e-6)
+        ok = (wsum > 0.05).to(image.dtype) * (1 - done)
+        out = out + ok * est
+        done = done + ok
+        if bool(done.min() >= 1):
+            break
+    mean = (image * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True).clamp_min(1e-6)
+    return out + (1 - done) * mean  # nothing known nearby even at 8 sigma: the image's known mean
 
 
 def motion_preview(
@@ -52,12 +95,21 @@ def motion_preview(
     visible: torch.Tensor | None,
     radius: float,
     frames_per_chunk: int = 4,
-) -> torch.Tensor:
+    fill: float = 0.0,
+    return_vacated: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The reference image with each drag's neighbourhood moved along the drag: float (B, 3, T, H, W) in [-1, 1].
 
     reference (B, 3, H, W) in [-1, 1]; tracks (B, T, N, 2) pixels (x, y); visible (B, T, N) bool or None.
     In frame t, track k (visible in frames 0 and t) pastes the reference disc of `radius` px around its start
-    p_k(0) at p_k(t) (an anti-aliased disc; overlapping pastes average); pixels no disc covers keep the reference.
+    p_k(0) at p_k(t) (an anti-aliased disc; overlapping pastes average). Pixels no disc covers keep the reference,
+    except, with `fill` > 0, the vacated ones: inside the disc of `fill * radius` around the start of a track that
+    has moved (more than `MOVED_PX`) by frame t and not covered in frame t by the paste of such a track, they get
+    `smooth_fill` of the reference from the pixels outside every such disc. So the dragged content no longer shows
+    at its start: the vacated disc is wider than the pasted one because a drag's points rarely cover the whole
+    object, and with `fill` only tracks that moved paste (a still track's paste would copy its neighbourhood, and
+    with it the edge of a dragged object, back in place). `return_vacated` also returns the vacated fraction
+    (B, 1, T, H, W) in [0, 1] (zeros without `fill`).
     Memory O(chunk N H W) per chunk of frames (meant for toy sizes).
     """
     b, t, n, _ = tracks.shape
@@ -69,12 +121,27 @@ def motion_preview(
     ok = torch.ones(b, t, n, dtype=torch.bool, device=dev) if visible is None else visible.bool()
     ok = ok & ok[:, :1]
     out = torch.empty(b, c, t, h, w, device=dev, dtype=reference.dtype)
+    vacated = torch.zeros(b, 1, t, h, w, device=dev, dtype=torch.float32)
+    background = reference.float()
+    origin = None
+    moved_t = ok
+    if fill > 0 and n:
+        moved_t = ok & (
+            (tracks - tracks[:, :1]).norm(dim=-1) > MOVED_PX
+        )  # (B, T, N): k has left its start by t
+        p0 = tracks[:, 0]  # (B, N, 2)
+        d0 = torch.sqrt((xs[:, 0] - p0[..., 0, None, None]) ** 2 + (ys[:, 0] - p0[..., 1, None, None]) ** 2)
+        origin = (fill * radius + 0.5 - d0).clamp(0, 1)  # (B, N, H, W): the disc each track may vacate
+        known = 1 - (origin * moved_t.any(1)[..., None, None]).amax(
+            1
+        )  # (B, H, W): outside every vacated disc
+        background = smooth_fill(reference.float(), known[:, None], max(radius / 2, 1.0))
     for t0 in range(0, t, frames_per_chunk):
         pts = tracks[:, t0 : t0 + frames_per_chunk]  # (B, k, N, 2)
         k = pts.shape[1]
         px, py = pts[..., 0, None, None], pts[..., 1, None, None]  # (B, k, N, 1, 1)
         dist = torch.sqrt((xs - px) ** 2 + (ys - py) ** 2)
-        wgt = (radius + 0.5 - dist).clamp(0, 1) * ok[:, t0 : t0 + k, :, None, None]  # (B, k, N, H, W)
+        wgt = (radius + 0.5 - dist).clamp(0, 1) * moved_t[:, t0 : t0 + k, :, None, None]  # (B, k, N, H, W)
         shift = pts - tracks[:, :1]  # (B, k, N, 2): source = x - (p(t) - p(0))
         gx = (xs - shift[..., 0, None, None]).expand(b, k, n, h, w)
         gy = (ys - shift[..., 1, None, None]).expand(b, k, n, h, w)
@@ -90,9 +157,15 @@ def motion_preview(
         total = wgt.sum(2)  # (B, k, H, W)
         pasted = (wgt[:, :, :, None] * moved).sum(2) / total.clamp_min(1e-6)[:, :, None]
         alpha = wgt.amax(2)[:, :, None]  # (B, k, 1, H, W)
-        frame = alpha * pasted + (1 - alpha) * reference[:, None].float()
+        under = reference[:, None].float()
+        if origin is not None:  # vacated: the start disc of a track that has moved, where no paste covers it
+            left = (origin[:, None] * moved_t[:, t0 : t0 + k, :, None, None]).amax(2)  # (B, k, H, W)
+            vac = left[:, :, None] * (1 - alpha)  # (B, k, 1, H, W)
+            under = (1 - vac) * under + vac * background[:, None]
+            vacated[:, :, t0 : t0 + k] = vac.transpose(1, 2)
+        frame = alpha * pasted + (1 - alpha) * under
         out[:, :, t0 : t0 + k] = frame.transpose(1, 2).to(out.dtype)
-    return out
+    return (out, vacated) if return_vacated else out
 
 
 def trajectory_heatmaps(
@@ -158,28 +231,75 @@ class Conditioner:
         heatmap_sigma: float = 2.0,
         reference_frames: str = "first",
         motion_preview_radius: float = 0.0,
+        preview_fill: float = 0.0,
     ) -> None:
         if reference_frames not in REFERENCE_FRAMES:
             raise ValueError(f"reference_frames must be one of {REFERENCE_FRAMES}, got {reference_frames!r}")
         if motion_preview_radius < 0:
             raise ValueError(f"motion_preview_radius must be >= 0, got {motion_preview_radius}")
+        if preview_fill < 0 or (preview_fill > 0 and motion_preview_radius <= 0):
+            raise ValueError(
+                f"motion_preview_fill must be >= 0 and needs motion_preview_radius > 0, got {preview_fill}"
+            )
         self.codec = codec
         self.heatmap_sigma = heatmap_sigma
         self.reference_frames = reference_frames
         self.motion_preview_radius = motion_preview_radius
+        self.preview_fill = preview_fill
 
     @property
     def channels(self) -> int:
-        return cond_channels(self.codec, self.motion_preview_radius > 0)
+        return cond_channels(self.codec, self.motion_preview_radius > 0, self.preview_fill > 0)
 
     def trajectory_channel_index(self) -> list[int]:
-        """Condition channels that carry the drags (trajectory latent, and the motion preview when on): what
-        trajectory dropout blanks."""
+        """Condition channels that carry the drags (trajectory latent, and the motion preview and its vacated flag
+        when on): what trajectory dropout blanks (`blank_drags`)."""
         c = self.codec.latent_channels
         idx = list(range(c))
         if self.motion_preview_radius > 0:
-            idx += list(range(2 * c + 1, 3 * c + 1))
+            idx += list(range(2 * c + 1, 3 * c + 1 + int(self.preview_fill > 0)))
         return idx
+
+    def preview_channels(self) -> tuple[int, int] | None:
+        """[a, b) of the motion-preview latent in the condition channels (None when off)."""
+        c = self.codec.latent_channels
+        return (2 * c + 1, 3 * c + 1) if self.motion_preview_radius > 0 else None
+
+    def blank_drags(self, cond: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """Condition channels with the drags removed where `drop` (B,) bool: the trajectory latent (and, with the
+        plain preview, the preview) -> 0; with `preview_fill` the preview -> the preview of no drags (the reference
+        latent in every frame, so a model whose x0 builds on the preview still has an image to build on) and the
+        vacated flag -> 0."""
+        d = drop.view(-1, 1, 1, 1, 1)
+        out = cond.clone()
+        tc = self.trajectory_channel_index()
+        if self.preview_fill <= 0:
+            out[:, tc] = torch.where(d, torch.zeros_like(out[:, tc]), out[:, tc])
+            return out
+        c = self.codec.latent_channels
+        a, b = self.preview_channels()
+        out[:, :c] = torch.where(d, torch.zeros_like(out[:, :c]), out[:, :c])
+        ref = (
+            out[:, c : 2 * c]
+            if self.reference_frames == "all"
+            else out[:, c : 2 * c, :1].expand_as(out[:, a:b])
+        )
+        out[:, a:b] = torch.where(d, ref, out[:, a:b])
+        out[:, b : b + 1] = torch.where(d, torch.zeros_like(out[:, b : b + 1]), out[:, b : b + 1])
+        return out
+
+    def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A pixel mask (B, 1, T, H, W) in [0, 1] -> (B, 1, F, h, w) on the codec's latent grid: the mean over each
+        latent pixel's spatial patch, the max over its frames (frame 0 alone, then groups of temporal_factor)."""
+        b, _, t, h, w = mask.shape
+        sf, tf = self.codec.spatial_factor, self.codec.temporal_factor
+        m = F.avg_pool2d(mask.transpose(1, 2).reshape(b * t, 1, h, w), sf).view(b, t, 1, h // sf, w // sf)
+        m = m.transpose(1, 2)  # (B, 1, T, h, w)
+        if tf == 1:
+            return m
+        first, rest = m[:, :, :1], m[:, :, 1:]
+        rest = rest.reshape(b, 1, (t - 1) // tf, tf, h // sf, w // sf).amax(3)
+        return torch.cat([first, rest], dim=2)
 
     @torch.no_grad()
     def drag_latents(
@@ -190,8 +310,18 @@ class Conditioner:
         traj = self.trajectory_latents(tracks, visible, height, width)
         if self.motion_preview_radius <= 0:
             return traj
-        preview = motion_preview(reference, tracks, visible, self.motion_preview_radius)
-        return torch.cat([traj, self.codec.encode(preview).to(traj.dtype)], dim=1)
+        preview, vacated = motion_preview(
+            reference,
+            tracks,
+            visible,
+            self.motion_preview_radius,
+            fill=self.preview_fill,
+            return_vacated=True,
+        )
+        parts = [traj, self.codec.encode(preview).to(traj.dtype)]
+        if self.preview_fill > 0:
+            parts.append(self.latent_mask(vacated).to(traj.dtype))
+        return torch.cat(parts, dim=1)
 
     @torch.no_grad()
     def trajectory_latents(self, tracks: torch.Tensor, visible: torch.Tensor | None, height: int, width: int):
@@ -207,7 +337,8 @@ class Conditioner:
     def __call__(
         self, reference: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor | None
     ) -> torch.Tensor:
-        """Condition channels (B, 2C + 1, F, h, w), or (B, 3C + 1, F, h, w) with the motion preview."""
+        """Condition channels (B, 2C + 1, F, h, w), or (B, 3C + 1, F, h, w) with the motion preview
+        (+ 1: the vacated flag with `preview_fill`)."""
         drag = self.drag_latents(reference, tracks, visible)
         c = self.codec.latent_channels
         traj, preview = drag[:, :c], drag[:, c:]  # preview: 0 channels when off

@@ -92,6 +92,11 @@ class PipelineConfig:
     motion_preview_radius: float = 0.0
     """> 0: add the motion-preview condition (the reference with a disc of this radius, pixels, around each drag's
     start moved along the drag; see `ardrag.conditioning.motion_preview`); 0: the paper's conditions only."""
+    motion_preview_fill: float = 0.0
+    """> 0, with the motion preview: the pixels within this multiple of `motion_preview_radius` around a moving drag's
+    start that nothing covers get a smooth background estimate and are flagged in one more condition channel
+    (see `ardrag.conditioning.motion_preview`); 0: they keep the reference, so dragged content shows at its start
+    too."""
     max_tracks: int = 64
     """Most drags accepted (trajectory files with more are refused)."""
     max_frames: int = 1024
@@ -169,7 +174,11 @@ class ARDragPipeline:
             config, codec=codec.describe(), text_encoder=text_encoder.describe()
         )
         self.conditioner = Conditioner(
-            codec, config.heatmap_sigma, config.reference_frames, config.motion_preview_radius
+            codec,
+            config.heatmap_sigma,
+            config.reference_frames,
+            config.motion_preview_radius,
+            config.motion_preview_fill,
         )
         codec.check_size(config.height, config.width, transformer.config.patch_size[1])
         want = self.conditioner.channels
@@ -193,7 +202,9 @@ class ARDragPipeline:
             in_channels=codec.latent_channels,
             out_channels=codec.latent_channels,
             text_dim=text.dim,
-            cond_in_channels=cond_channels(codec, config.motion_preview_radius > 0),
+            cond_in_channels=cond_channels(
+                codec, config.motion_preview_radius > 0, config.motion_preview_fill > 0
+            ),
             **model_overrides,
         )
         return cls(CausalWanTransformer(**model_cfg), codec, text, config)
@@ -218,7 +229,9 @@ class ARDragPipeline:
                 f"transformer has in_channels={transformer.config.in_channels}, codec has {codec.latent_channels}"
             )
         if transformer.config.cond_in_channels == 0:
-            transformer.add_condition_channels(cond_channels(codec, config.motion_preview_radius > 0))
+            transformer.add_condition_channels(
+                cond_channels(codec, config.motion_preview_radius > 0, config.motion_preview_fill > 0)
+            )
         return cls(transformer, codec, text, config)
 
     @classmethod

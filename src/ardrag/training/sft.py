@@ -67,6 +67,20 @@ class StudentConfig:
     """False: gradient only through each chunk's exit forward, cached K/V constant (one chunk graph alive).
     True: one checkpointed teacher-forcing pass, gradient also through the context frames' K/V (costs a forward
     and backward over 2F frames)."""
+    exit_step: str = "per_chunk"
+    """How exit steps are drawn: 'per_chunk' (each chunk its own n_m, as PAPER.md's Self-Rollout reads) or
+    'per_video' (one n for every chunk of a video, Self-Forcing's same step across blocks)."""
+    dmd_sample: str = "exit"
+    """What DMD scores: 'exit' (the chunks' exit x0-predictions spliced together) or 'final' (the frames the rollout
+    actually produced, i.e. what the KV cache received; the gradient still enters the student through each chunk's
+    exit prediction, straight-through). With full_denoise, 'exit' makes the teacher score a video the student never
+    produced: each later frame was conditioned on the fully denoised frames, not on the exit predictions."""
+
+    def __post_init__(self) -> None:
+        if self.exit_step not in ("per_chunk", "per_video"):
+            raise ValueError(f"exit_step must be 'per_chunk' or 'per_video', got {self.exit_step!r}")
+        if self.dmd_sample not in ("exit", "final"):
+            raise ValueError(f"dmd_sample must be 'exit' or 'final', got {self.dmd_sample!r}")
 
     def rollout(self) -> RolloutConfig:
         return RolloutConfig(
@@ -207,6 +221,8 @@ class SFTModule(StageModule):
 
     def _exit_steps(self, num_frames: int, g: torch.Generator) -> list[int]:
         n_chunks = -(-num_frames // self.rollout_cfg.causal.chunk_size)
+        if self.student_cfg.exit_step == "per_video":
+            return sample_exit_steps(1, self.rollout_cfg.schedule.steps, g) * n_chunks
         return sample_exit_steps(n_chunks, self.rollout_cfg.schedule.steps, g)
 
     def generator_step(
@@ -219,7 +235,15 @@ class SFTModule(StageModule):
         roll = student_rollout(student, noise, self.rollout_cfg, exits, generator=g, ground_truth=truth)
         out = {}
 
+        final = (
+            torch.cat([c.clean for c in roll.chunks], 2) if self.student_cfg.dmd_sample == "final" else None
+        )
+
         def loss_fn(x: torch.Tensor) -> torch.Tensor:
+            if (
+                final is not None
+            ):  # score the produced frames, route the gradient through the exit predictions
+                x = final.to(x.dtype) + (x - x.detach())
             out["r"] = generator_loss(x, teacher, critic, self.dmd_cfg, generator=g, head=self.head)
             return out["r"].loss
 
@@ -233,7 +257,7 @@ class SFTModule(StageModule):
             logs["train/adversarial_generator"] = r.adversarial
         logs["train/grad_norm/generator"] = self._clip(self.student)
         self._log_exit_steps(exits)
-        return logs, roll.x
+        return logs, (roll.x if final is None else final)  # the critic learns what DMD scores
 
     def critic_step(
         self,
@@ -246,7 +270,9 @@ class SFTModule(StageModule):
         """Flow matching of the critic on detached student samples (rolled out here unless `fake` is given)."""
         student, _, critic = self.denoisers(conds)
         if fake is None:
-            fake = student_rollout(student, noise, self.rollout_cfg, self._exit_steps(x0.shape[2], g), g).x
+            roll = student_rollout(student, noise, self.rollout_cfg, self._exit_steps(x0.shape[2], g), g)
+            final = self.student_cfg.dmd_sample == "final"
+            fake = torch.cat([c.clean for c in roll.chunks], 2) if final else roll.x
         c = critic_loss(fake, critic, self.dmd_cfg, generator=g, head=self.head, x_real=x0)
         self._backward(c.loss)
         logs = {"train/critic": c.flow, "train/critic_total": c.loss.detach()}

@@ -132,15 +132,13 @@ class TeacherModule(StageModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def drop_conditions(self, conds: Conditions, g: torch.Generator) -> Conditions:
-        """Per sample: text -> negative prompt with p = text_dropout; trajectory channels -> 0 with p = ..."""
+        """Per sample: text -> negative prompt with p = text_dropout; drags removed (`Conditioner.blank_drags`) with p =
+        trajectory_dropout."""
         b = conds.context.shape[0]
         u = torch.rand(2, b, generator=g).to(self.device)
         drop_text = (u[0] < self.loss_cfg.text_dropout).view(b, 1, 1)
         ctx = torch.where(drop_text, conds.negative_context, conds.context)
-        cond = conds.cond.clone()
-        drop_traj = (u[1] < self.loss_cfg.trajectory_dropout).view(b, 1, 1, 1, 1)
-        tc = self.trajectory_channels()
-        cond[:, tc] = torch.where(drop_traj, torch.zeros_like(cond[:, tc]), cond[:, tc])
+        cond = self.conditioner.blank_drags(conds.cond, u[1] < self.loss_cfg.trajectory_dropout)
         return dataclasses.replace(conds, context=ctx, cond=cond)
 
     def flow_matching_loss(
