@@ -49,6 +49,7 @@ PER_VIDEO_CODE = (
     "benchmark.metrics.motion",
     "benchmark.metrics.smoothness",
     "benchmark.metrics.aesthetic",
+    "ardrag.aesthetic",
 )
 SET_LEVEL_CODE = {
     "fid": ("benchmark.metrics.fid", "benchmark.metrics.frechet"),

@@ -48,7 +48,7 @@ class RewardConfig:
     aesthetic_clip: str | None = None
     """Local folder for transformers' CLIPVisionModelWithProjection (ViT-L/14 for LAION's predictor)."""
     aesthetic_head: str | None = None
-    """Local predictor weights, e.g. sac+logos+ava1-l14-linearMSE.pth (as benchmark.metrics.aesthetic reads)."""
+    """Local predictor weights, e.g. sac+logos+ava1-l14-linearMSE.pth (as ardrag.aesthetic reads)."""
     aesthetic_device: str = "cpu"
     extra: dict[str, float] = field(default_factory=dict)
     """More reward terms: {"package.module:function": weight}. Each function maps (videos uint8 (N, T, H, W, 3),
@@ -72,8 +72,8 @@ def check_reward_config(cfg: RewardConfig) -> None:
 
 @functools.lru_cache(maxsize=2)
 def _aesthetic_scorer(clip: str, head: str, device: str):
-    """The benchmark's LAION scorer (one instance per weights: the CLIP tower is large)."""
-    from benchmark.metrics.aesthetic import AestheticScorer
+    """The LAION scorer the benchmark uses too (one instance per weights: the CLIP tower is large)."""
+    from ardrag.aesthetic import AestheticScorer
 
     return AestheticScorer(clip, head, device=device)
 
