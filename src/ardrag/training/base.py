@@ -9,6 +9,10 @@ How to write a stage (teacher.py is the smallest example):
   3. `export_pipeline()` returns the `ARDragPipeline` to hand over (EMA weights, the stage's generation settings):
      it is written to `<default_root_dir>/export` at the end of fit and by `ardrag-export --ckpt`;
   4. `sample_videos(batch)` returns uint8 videos (B, T, H, W, 3) for the `SampleVideos` callback.
+
+On several processes (DDP, or per-block FSDP with `ardrag.training.fsdp.PerBlockFSDP`) every rank runs every
+forward, export and callback computation (sharded weights are gathered by all ranks together); only rank 0 writes.
+`configure_model` shards every `CausalWanTransformer` of the stage under FSDP and does nothing otherwise.
 """
 
 from __future__ import annotations
@@ -70,6 +74,23 @@ class StageModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         for enc in self._encoders.values():
             enc.to(self.device)
+
+    def configure_model(self) -> None:
+        """Under `PerBlockFSDP`: shard every transformer of the stage (trained and frozen) one block per unit
+        (`ardrag.training.fsdp.shard_stage`); other strategies keep the module as built."""
+        from ardrag.training.fsdp import PerBlockFSDP, shard_stage
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, PerBlockFSDP):
+            return
+        shard_stage(
+            self,
+            strategy.device_mesh["data_parallel"],
+            strategy.activation_checkpointing,
+            strategy.param_dtype,
+            strategy.reduce_dtype,
+            strategy.reshard_after_forward,
+        )
 
     # ------------------------------------------------------------------ frozen submodules
     frozen_modules: tuple[str, ...] = ()
@@ -134,7 +155,10 @@ class StageModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         norms = [
-            p.grad.detach().norm() for g in optimizer.param_groups for p in g["params"] if p.grad is not None
+            _full(p.grad.detach().norm())
+            for g in optimizer.param_groups
+            for p in g["params"]
+            if p.grad is not None
         ]
         if norms:
             self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True)
@@ -153,24 +177,67 @@ class StageModule(pl.LightningModule):
         return np.stack([video_to_uint8(v) for v in self.codec.decode(latents)])
 
     def pipeline_with(self, weights: torch.nn.Module, config: PipelineConfig) -> ARDragPipeline:
-        """A pipeline around a fresh copy of `weights` (training keeps its own modules) and this stage's encoders."""
-        model = type(weights).from_config(weights.config).to(self.device)
-        model.load_state_dict(weights.state_dict())
+        """A pipeline around a fresh, unsharded copy of `weights` (training keeps its own modules) and this stage's
+        encoders. Call it on every rank: sharded weights are gathered by all ranks, and only global rank 0 gets
+        them (the other ranks' pipelines hold a placeholder transformer on the meta device, never to be used)."""
+        state = full_state_dict(weights)  # a collective when sharded
+        on_rank0 = self._trainer is None or self.trainer.is_global_zero
+        cls = plain_class(weights)
+        if not on_rank0:
+            with torch.device("meta"):
+                model = cls.from_config(model_config(weights))
+            return ARDragPipeline(model.eval(), self.codec, self.text_encoder, config)
+        model = cls.from_config(model_config(weights)).to(self.device)
+        model.load_state_dict(state)
         return ARDragPipeline(model.eval(), self.codec, self.text_encoder, config)
 
-    def export_to(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    def export_to(self, path: str | Path, dtype: torch.dtype | None = None) -> Path | None:
         """Write the exported pipeline; `dtype` (e.g. torch.bfloat16) stores the transformer weights smaller
-        (stages that load an export for training upcast it to float32)."""
+        (stages that load an export for training upcast it to float32). Call on every rank; rank 0 writes (the
+        path there, None elsewhere)."""
         pipe = self.export_pipeline()
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return None
         if dtype is not None:
             pipe.transformer.to(dtype)
         pipe.save_pretrained(path)
         return Path(path)
 
     def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero:
-            out = self.export_to(Path(self.trainer.default_root_dir) / EXPORT_DIR)
+        out = self.export_to(Path(self.trainer.default_root_dir) / EXPORT_DIR)  # every rank: gathers shards
+        if out is not None:
             print(f"exported pipeline: {out}")
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (a sharded parameter's value or statistic) as a plain tensor; other tensors unchanged."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def plain_class(module: torch.nn.Module) -> type:
+    """The model class of `module` (FSDP2 re-classes a sharded module to a subclass `FSDP<name>`)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+
+
+def model_config(weights: torch.nn.Module) -> dict[str, Any]:
+    """A diffusers model's constructor arguments: its config without diffusers' bookkeeping keys. (A model loaded
+    from a folder lists in `_use_default_values` the keys its config.json lacked, and `from_config` drops those:
+    a Wan2.1 base given condition channels would come back without them.)"""
+    return {k: v for k, v in weights.config.items() if not k.startswith("_")}
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s unsharded state dict. Sharded (FSDP2): a collective of every rank, gathered to CPU on global rank 0
+    (empty on the others); otherwise the plain state dict."""
+    from ardrag.training.fsdp import is_sharded
+
+    if not is_sharded(module):
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def module_from_run_config(config_path: str | Path) -> StageModule:
