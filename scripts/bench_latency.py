@@ -1,4 +1,4 @@
-"""Per-frame latency versus frame index for the frame-wise AR pipeline (issue 2's measurement).
+"""Per-frame latency versus frame index for the frame-wise AR pipeline.
 
 Compares, on the same untrained toy-size model and inputs:
   - rolling KV cache (window `--window` latent frames): cost per frame should stay flat;

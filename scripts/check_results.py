@@ -86,13 +86,24 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def _statements(source: str) -> list[str]:
     """A Python file's code as normalised statements: each function (methods included, without the class around
-    it) and each other module- or class-level statement; docstrings, imports, ``__all__``, ``__main__`` guards and
-    ``CACHE_KEYS`` left out."""
+    it) and each other module- or class-level statement; string statements (docstrings, attribute docs), imports,
+    ``__all__``, ``__main__`` guards and ``CACHE_KEYS`` left out."""
     import ast
 
-    def body(nodes: list) -> list:
-        doc = nodes and isinstance(nodes[0], ast.Expr) and isinstance(nodes[0].value, ast.Constant)
-        return nodes[1:] if doc and isinstance(nodes[0].value.value, str) else nodes
+    class DropStrings(ast.NodeTransformer):
+        def generic_visit(self, node: ast.AST) -> ast.AST:
+            super().generic_visit(node)
+            for field in ("body", "orelse", "finalbody"):
+                stmts = getattr(node, field, None)
+                if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt):
+                    kept = [
+                        n
+                        for n in stmts
+                        if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+                        or not isinstance(n.value.value, str)
+                    ]
+                    setattr(node, field, kept or [ast.Pass()])
+            return node
 
     def names(node: ast.AST) -> set[str]:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -103,22 +114,19 @@ def _statements(source: str) -> list[str]:
     out: list[str] = []
 
     def walk(nodes: list) -> None:
-        for node in body(nodes):
-            if isinstance(node, (ast.Import, ast.ImportFrom)) or names(node) & (CACHE_KEYS | {"__all__"}):
+        for node in nodes:
+            if isinstance(node, (ast.Import, ast.ImportFrom, ast.Pass)) or names(node) & (
+                CACHE_KEYS | {"__all__"}
+            ):
                 continue
             if isinstance(node, ast.If) and "__main__" in ast.dump(node.test):
                 continue
             if isinstance(node, ast.ClassDef):
                 walk(node.body)
                 continue
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                for fn in [
-                    n for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-                ]:
-                    fn.body = body(fn.body) or [ast.Pass()]
             out.append(ast.dump(node))
 
-    walk(ast.parse(source).body)
+    walk(DropStrings().visit(ast.parse(source)).body)
     return out
 
 

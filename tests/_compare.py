@@ -1,4 +1,4 @@
-"""Comparisons between different computation paths (issue 7).
+"""Comparisons between different computation paths.
 
 Matmul kernels (oneDNN/MKL) choose blocking, and so summation order, by CPU model, thread count and tensor shape,
 so two different paths agree only to rounding. Bit equality is kept only for literally the same call on the same

@@ -313,7 +313,7 @@ def test_cli_writes_untracked_results_unless_published(tmp_path, shards, monkeyp
     assert (tmp_path / "cache" / "results" / "table1.csv").is_file()
     assert not (tmp_path / "published").exists()
     assert "--publish" in capsys.readouterr().out
-    # no method row asks for table2: no table2 file (it used to be a malformed empty table)
+    # no method row asks for table2: no table2 file (not an empty table)
     assert not (tmp_path / "cache" / "results" / "table2.md").exists()
     assert ev.main(["--config", str(cfg), "--no_progress", "--publish"]) == 0
     published = (tmp_path / "published" / "table1.md").read_text()

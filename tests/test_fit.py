@@ -265,10 +265,10 @@ def test_bad_config_key_is_one_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("name", "max_ratio"),
     [
-        # issue 9. Measured on AMD EPYC: 4.06 px vs 9.84 px (0.41; per clip 0.3-7.1 px); results/teacher_check: 4.02
+        # the toy teacher. Measured on AMD EPYC: 4.06 px vs 9.84 px (0.41; per clip 0.3-7.1 px); results/teacher_check: 4.02
         # vs 10.12 over 8 clips x 3 seeds.
         ("teacher", 0.5),
-        # issue 12: the AR-Drag toy student after RL, 3 steps per frame with the rolling cache. Measured on AMD EPYC
+        # the AR-Drag toy student after RL, 3 steps per frame with the rolling cache. Measured on AMD EPYC
         # (scripts/motion_probe.py, same clips): 6.32 px vs 9.84 px (0.64); the bound leaves room for other CPUs.
         ("rl", 0.75),
     ],

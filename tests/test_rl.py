@@ -168,7 +168,7 @@ class _FixedBatches(pl.LightningDataModule):
 
 
 def test_grpo_raises_the_motion_reward_of_the_committed_student(tmp_path):
-    """Issue 11's short run on the MOTION reward: from the committed toy SFT student (it already moves sprites), GRPO
+    """A short run on the MOTION reward: from the committed toy SFT student (it already moves sprites), GRPO
     with configs/toy/rl.yaml's settings (lr 1e-4 instead of 3e-5, so fewer batches do) on two fixed toy conditions
     raises the motion reward that the deployed sampler earns on them, as the RewardProbe callback measures it (fixed
     noise seeds, so the change is the policy's)."""

@@ -166,7 +166,7 @@ TOY_TEACHER = Path("results/toy/checkpoints/teacher")
 
 
 @pytest.mark.skipif(
-    not (TOY_TEACHER / "ardrag_pipeline.json").exists(), reason="needs the committed toy teacher (issue 9)"
+    not (TOY_TEACHER / "ardrag_pipeline.json").exists(), reason="needs the committed toy teacher"
 )
 def test_short_run_moves_student_samples_toward_the_teachers(tmp_path):
     """A pixel-statistics Frechet distance between the student's 3-step AR samples and the teacher's 20-step

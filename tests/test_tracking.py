@@ -190,10 +190,8 @@ def toy_suite():
 
 
 # Measured by scripts/bench_tracker.py (results/data/tracker_accuracy.md): LK 0.957 / 0.60 px, flow 0.934 / 0.97 px
-# (issue 8: partial-template check, re-acquisition shown from the streak's first find and at NCC 0.7, updated flow
-# patch, Farneback flow, flow colour check, flow drift control and re-acquisition; without the last two flow gave
-# 0.893 / 1.43 px, with DIS flow 0.876 / 1.81 px); before the template refinement the same split gave LK coverage
-# 0.859 / penalised 1.66 px and flow 0.780 / 2.26 px. LK shows 6 of the 133 occluded pairs (0.045), flow 2.
+# (flow without drift control and re-acquisition: 0.893 / 1.43 px, with DIS flow 0.876 / 1.81 px; LK without the
+# template refinement: coverage 0.859 / penalised 1.66 px, flow with LK's template check 0.780 / 2.26 px). LK shows 6 of the 133 occluded pairs (0.045), flow 2.
 @pytest.mark.parametrize(
     "tracker, min_cov, max_pen", [(track_points, 0.95, 0.65), (track_points_flow, 0.925, 1.05)]
 )
@@ -257,12 +255,12 @@ def test_flow_snap_moves_a_point_back_onto_its_patch():
 
 # Real photos (scikit-image, located via ardrag.assets) moved by smooth random affine warps over 30 frames, with
 # and without a box of another photo sliding across (benchmark.tracker_check; seeds as scripts/bench_tracker.py
-# --seed 0). Issue 8's targets for the reward's tracker: >= 0.90 of never-covered points kept to the end, median
+# --seed 0). Targets for the reward's tracker: >= 0.90 of never-covered points kept to the end, median
 # end error <= 0.5 px, covered points hidden. Measured (results/data/tracker_accuracy.md): LK kept 0.984-1.000,
-# end error 0.06-0.12 px, shown covered <= 0.005. Before the constant-velocity second start and the jump rule
-# (LKParams.second_start, jump_px) the box cases kept 0.81-0.93 and showed 1.2-2.1 % of covered pairs, some tens
+# end error 0.06-0.12 px, shown covered <= 0.005. Without the constant-velocity second start and the jump rule
+# (LKParams.second_start, jump_px) the box cases keep 0.81-0.93 and show 1.2-2.1 % of covered pairs, some tens
 # of pixels off. Flow (Farneback) ends 0.22-0.30 px off (DIS: 0.26-0.53 px), but shows up to 4.8 % of the covered
-# pairs (5.3 % before its colour check; DIS: up to 2.9 %), nearly all on the box's first frame over the point, and
+# pairs (5.3 % without its colour check; DIS: up to 2.9 %), nearly all on the box's first frame over the point, and
 # one astronaut point stays shown under the box's edge for 3 frames, 1.0-1.7 px off.
 @pytest.mark.parametrize("occluder", [False, True], ids=["clear", "box"])
 @pytest.mark.parametrize("photo", ["astronaut.png", "coffee.png", "chelsea.png"])

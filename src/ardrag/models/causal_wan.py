@@ -148,7 +148,7 @@ ATTENTION_BACKENDS = ("sdpa", "dense", "flex")
 """How masked self-attention runs. 'sdpa': one unmasked scaled_dot_product_attention per run of query frames over the
 key frames they see (`attention.frame_attention`; no token mask, masked-out scores never computed). 'dense': one
 call with a dense boolean (tokens x tokens) mask, the reference (4.3 GB of mask at 21 latent frames of 480x832 in
-the teacher-forcing layout; before stop 27 this was 'sdpa'). 'flex': a FlexAttention BlockMask built from the frame
+the teacher-forcing layout). 'flex': a FlexAttention BlockMask built from the frame
 mask at block granularity (memory O(blocks^2)), compiled on CUDA: for full-scale masked training there. All three
 are equal to float32 rounding (tests/test_attention_masks.py)."""
 

@@ -21,12 +21,10 @@ Modules: ``params`` (settings), ``lk`` (LK tracker), ``templates`` (its template
 (flow tracker), ``appearance`` (its drift control and colour check), ``reacquire`` (its re-acquisition), ``core``
 (sampling, patches, input checks, ``hold_last``).
 
-sprite only sees a straight edge or 1-D stripes (the aperture problem), so frame-to-frame LK slid along it and
-the old frame-0 NCC check then dropped the drifted point; frame-0 anchoring removes the drift.
-
 Conventions: frames uint8 (T, H, W, 3) RGB; points float (N, 2) as (x, y) pixels on frame 0 (pixel
 centres at integer coordinates, as in OpenCV); tracks float32 (T, N, 2) pixels; visible bool (T, N).
 While a point is invisible its track holds its last visible position, so tracks stay finite. A point whose
+estimate leaves the frame is invisible from then on.
 """
 
 # The private names are re-exported for the tests and benchmarks that call them directly.

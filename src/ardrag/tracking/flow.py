@@ -1,20 +1,20 @@
 """``track_points_flow``: dense optical flow chained along the points, with checks, drift control and re-acquisition.
 
-decided by the frame-0 patch check, not the forward-backward check (``fb_threshold`` 100 px changed nothing);
-the patch is now also compared with a slowly updated one (406 lost pairs after). Of those, 268 were dropped with
-no occlusion near, their DIS position a median 0.7 px off the truth on the last frame shown (drift, which the
-check then caught). Farneback flow drifts less on the toy's small sprites (its shown points 0.40 px off on
-average, DIS's 0.72 px) and loses fewer: 341 pairs (199 with no occlusion near, 108 after an occlusion, which
-flow never recovers); 349 (205, 110) with the colour check of the fifth round. That round also tried showing a
-lost flow point again after 3 finds in a row by RGB template matching around its course, each where the flow
-carried the one before: toy suite penalised ObjMC 1.43 -> 0.95-1.28 px, but on the tests' warped real clip with a
-sliding occluder 33 of 69 re-shown pairs were over 1 px off, up to 7.7 px (a find put a drifted point back in
-place, then the flow drifted again while the slowly updated patch check let it), and on the warped photos points
-hidden for 10 frames or more were found up to 10 px off; so flow points stayed lost. The sixth round added drift
-control (``FlowParams.snap_radius``): 101 pairs then dropped with no occlusion near (205 before), 108 after an
-occlusion; with shown points no longer drifting, re-acquisition (``FlowParams.reacquire``: a gray patch search
-around the course, 3 finds in a row linked by the flow) brings points back within 1.4 px on the same warped clip
-and photos; on the toy suite 89 lost pairs with no occlusion near and 95 after an occlusion remain.
+Why each check, measured on the toy test split (lost visible pairs; "no occlusion near" = dropped while visible
+with no ground-truth occlusion within 2 frames):
+- with the frame-0 gray patch check alone, DIS flow loses 721 pairs (583 dropped while visible, 108 after an
+  occlusion, 30 just before one), all decided by the patch check, not the forward-backward check
+  (``fb_threshold`` 100 px changes nothing); also comparing with a slowly updated patch (``template_update``):
+  406; 268 of those with no occlusion near, their DIS position a median 0.7 px off the truth on the last frame
+  shown (drift, which the check then catches).
+- Farneback flow drifts less on the toy's small sprites (shown points 0.40 px off on average, DIS 0.72 px) and
+  loses 341 pairs (199 with no occlusion near, 108 after an occlusion); 349 (205, 110) with the colour check.
+- drift control (``FlowParams.snap_radius``): 101 pairs with no occlusion near, 108 after an occlusion.
+- re-acquisition (``FlowParams.reacquire``: a gray patch search around the course, 3 finds in a row linked by the
+  flow): 89 with no occlusion near, 95 after an occlusion; on the tests' warped real clip with a sliding occluder
+  and on the warped photos, re-shown points are within 1.4 px. Without drift control the same re-acquisition
+  (by RGB template matching) puts points back that then drift off again: 33 of 69 re-shown pairs over 1 px off,
+  up to 7.7 px, on that clip, and points hidden for 10 frames or more found up to 10 px off on the photos.
 """
 
 from __future__ import annotations

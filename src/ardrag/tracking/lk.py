@@ -9,16 +9,16 @@ part of the template (the pixels at the point itself uncovered), the match is ju
 ``reacquire_ncc`` (a point dragged along by an occluder, or snapped onto a look-alike, is rarely that close a
 match). A point that fails is hidden and coasts along its course; it is shown again (re-acquired) once it is
 found unambiguously in a window around that course and then matches strictly on the course it sets for
-``reacquire`` frames in a row (``reacquire`` = 0: a lost point stays lost). Toy test split, loss categories
-before this (219 lost pairs): 96 after a ground-truth occlusion had ended (never re-acquired), 35 in the 1-2
-frames before an occlusion, 88 dropped while visible, nearly all with another sprite over part of the
-template (at the true place the whole-template NCC was under 0.6 in 31 of 32 drop events); after (measured with
-reacquire = 2; the default 3 re-acquires a little less): 63, 26, 74; with ``reacquire_ncc`` 0.7 (issue 8's fifth
-round, reacquire 3): 45, 26, 70.
-Flow: its losses (721 pairs: 583 dropped while visible, 108 after an occlusion, 30 just before one) were all
-Measured cause of the losses this replaces (toy test split): LK's window on a point inside a plain or striped
-sprite only sees a straight edge or 1-D stripes (the aperture problem), so frame-to-frame LK slid along it and
-the old frame-0 NCC check then dropped the drifted point; frame-0 anchoring removes the drift.
+``reacquire`` frames in a row (``reacquire`` = 0: a lost point stays lost).
+
+Measured on the toy test split (lost visible pairs by category: after a ground-truth occlusion had ended / in the
+1-2 frames before an occlusion / dropped while visible): the whole-template check alone loses 96 / 35 / 88 (219;
+nearly all drops with another sprite over part of the template: at the true place the whole-template NCC was
+under 0.6 in 31 of 32 drop events); with the partial-template check and re-acquisition (``reacquire`` 2) 63 / 26
+/ 74; with ``reacquire_ncc`` 0.7 and ``reacquire`` 3 (the defaults) 45 / 26 / 70.
+Frame-0 anchoring is there because LK's window on a point inside a plain or striped sprite sees only a straight
+edge or 1-D stripes (the aperture problem): frame-to-frame LK alone slides along it, and the frame-0 check then
+drops the drifted point.
 """
 
 from __future__ import annotations

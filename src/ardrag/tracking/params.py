@@ -37,7 +37,7 @@ class LKParams:
     lk_rgb: bool | None = None
     """LK prediction on RGB (True) or luma (False). None: RGB up to 256 px on the shorter side (a saturated toy
     sprite on a background of similar brightness vanishes in luma), luma above: at 480 x 832, RGB LK made
-    ``track_points`` 2.3-2.7x slower than the old luma tracker, and on the 240 x 320 warped photos luma gives the
+    ``track_points`` 2.3-2.7x slower than luma LK, and on the 240 x 320 warped photos luma gives the
     same kept points and errors (the template refinement and check are on RGB either way)."""
     second_start: bool = True
     """Also refine from the point's constant-velocity guess where it is over 1 px from the refined LK prediction,
@@ -47,9 +47,9 @@ class LKParams:
     """A shown point's step more than this many pixels off its constant-velocity course (set by its last two
     shown frames; a point shown on one frame only needs the stricter ``reacquire_ncc`` match) hides it, however
     well it matches (it is then found again like any hidden point, see ``reacquire``); a hidden point's streak must
-    stay within this of the course its first find set (None: off). Until issue 8's third round such a step
-    only needed the stricter ``reacquire_ncc`` match: corners on a weakly textured wall under a blinking box
-    then stayed shown 21-26 px off (tests/test_tracking.py)."""
+    stay within this of the course its first find set (None: off). With only the stricter ``reacquire_ncc``
+    match required for such a step, corners on a weakly textured wall under a blinking box stay shown 21-26 px
+    off (tests/test_tracking.py)."""
     reacquire: int = 3
     """A hidden point is shown again after this many strict, on-course matches in a row (0: a lost point stays
     lost), and then also on the earlier frames of that streak, at their finds (the same evidence vouches for
@@ -89,7 +89,7 @@ class FlowParams:
     method: str | None = None
     """Dense flow: "farneback" (polynomial expansion, ``cv2.calcOpticalFlowFarneback``) or "dis" (``cv2.DIS``).
     None: Farneback up to 256 px on the shorter side, DIS above (at 480 x 832 Farneback took 211 ms per frame pair
-    against DIS's 68 ms). DIS was the only method until issue 8's fourth round; on the toy test split
+    against DIS's 68 ms). On the toy test split
     (scripts/bench_tracker.py) it drifted (a median 0.7 px off where the appearance check then dropped a point
     seen all along) and kept 0.876 of the points, penalised ObjMC 1.81 px; Farneback keeps 0.896, 1.39 px (on 64
     other toy clips, seed 1: DIS 0.910 / 1.50 px, Farneback 0.924 / 1.07 px), and on the warped 240 x 320 real
@@ -149,8 +149,8 @@ class FlowParams:
     of ``colour_tau`` of its frame-0 colour; each find after the first must be within 1 px of where the flow
     carried the one before. Then the appearance checks restart from the frame-0 patch and colour. Why: after the
     drift control most of flow's remaining loss was points never shown again after an occlusion (toy suite: 108
-    of 242 lost visible pairs, 0.50 of the 1.08 px penalised ObjMC). The fifth round tried this without drift
-    control and dropped it: a found point drifted off again (see the module docstring). Measured with it (toy
+    of 242 lost visible pairs, 0.50 of the 1.08 px penalised ObjMC). Without drift control a found point drifts
+    off again (see ``ardrag.tracking.flow``). Measured with it (toy
     suite / 64 other toy clips): coverage 0.926 -> 0.934 / 0.929 -> 0.936, penalised ObjMC 1.08 -> 0.97 / 0.97
     -> 0.87 px, shown pairs over 3 px off unchanged (0.03% / 0.24%), occluded pairs shown unchanged (1.5% /
     12.5%); warped photos with the box: 61-96 points back, at worst 0.76-1.41 px off (kept to the end 0.91-0.92
