@@ -48,11 +48,13 @@ NUMBER_DEFINING = [
 PLACE_KEYS = ("out_dir", "cache_dir")
 # Results written by a script instead of ardrag-eval: the code their numbers come from, besides the script itself
 # and any folder of the repository its command names (e.g. a checkpoint). bench_latency times the pipeline's
-# stream and imports neither the tracker, the benchmark nor the data code.
+# stream and imports neither the tracker, the aesthetic scorer, the benchmark nor the data code.
 _PIPELINE_CODE = [p for p in NUMBER_DEFINING if p.startswith(("src/ardrag/", "configs/pipeline"))]
 SCRIPT_DEFINED_BY = {
     "scripts/bench_latency.py": [
-        p for p in _PIPELINE_CODE if p not in ("src/ardrag/tracking", "src/ardrag/tracking.py")
+        p
+        for p in _PIPELINE_CODE
+        if p not in ("src/ardrag/tracking", "src/ardrag/tracking.py", "src/ardrag/aesthetic.py")
     ],
 }
 # Definitions that decide which cached values the eval reuses, never the values: a change to them alone leaves a
@@ -130,24 +132,36 @@ def _statements(source: str) -> list[str]:
     return out
 
 
-def _code(root: Path, rev: str, paths: list[str]) -> list[str]:
-    """Sorted normalised statements of every Python file under ``paths`` at ``rev`` (``__main__.py`` aside)."""
+def _code(root: Path, rev: str, paths: list[str]) -> dict[str, list[str]]:
+    """Normalised statements of every Python file under ``paths`` at ``rev`` (``__main__.py`` aside), by file."""
     files = _git(root, "ls-tree", "-r", "--name-only", rev, "--", *paths).stdout.split()
-    out: list[str] = []
-    for f in files:
-        if f.endswith(".py") and not f.endswith("__main__.py"):
-            out += _statements(_git(root, "show", f"{rev}:{f}").stdout)
-    return sorted(out)
+    return {
+        f: _statements(_git(root, "show", f"{rev}:{f}").stdout)
+        for f in files
+        if f.endswith(".py") and not f.endswith("__main__.py")
+    }
 
 
-def same_code(root: Path, commit: str, paths: list[str], changed: list[str]) -> bool:
-    """Whether the ``changed`` files (all Python) only moved, re-documented or re-imported code under ``paths``."""
-    if not all(f.endswith(".py") for f in changed):
-        return False
+def code_changes(root: Path, commit: str, paths: list[str], changed: list[str]) -> list[str]:
+    """Of the ``changed`` files, those that change what the code does: every non-Python file, and the Python files
+    holding a statement found at only one of the two commits (code that moved between files, or whose docstrings,
+    comments or imports changed, is no change)."""
+    py = [f for f in changed if f.endswith(".py")]
+    out = [f for f in changed if not f.endswith(".py")]
+    if not py:
+        return out
     try:
-        return _code(root, commit, paths) == _code(root, "HEAD", paths)
+        old, new = _code(root, commit, paths), _code(root, "HEAD", paths)
     except SyntaxError:
-        return False
+        return changed
+    from collections import Counter
+
+    gone = Counter(x for v in old.values() for x in v) - Counter(x for v in new.values() for x in v)
+    came = Counter(x for v in new.values() for x in v) - Counter(x for v in old.values() for x in v)
+    for f in py:
+        if any(x in gone for x in old.get(f, [])) or any(x in came for x in new.get(f, [])):
+            out.append(f)
+    return sorted(out)
 
 
 def check_meta(root: Path, meta_path: Path) -> tuple[str, list[str]]:
@@ -195,7 +209,8 @@ def check_meta(root: Path, meta_path: Path) -> tuple[str, list[str]]:
             if keys:
                 reasons.append(f"config {cfg_file} differs in {', '.join(keys[:6])}")
     changed = _git(root, "diff", "--name-only", commit, "HEAD", "--", *paths).stdout.split()
-    if changed and not same_code(root, commit, paths, changed):
+    changed = code_changes(root, commit, paths, changed) if changed else []
+    if changed:
         more = f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""
         reasons.append(f"changed since {commit[:7]}: {', '.join(changed[:6])}{more}")
     return ("stale" if reasons else "ok"), reasons
