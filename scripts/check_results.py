@@ -143,9 +143,11 @@ def _code(root: Path, rev: str, paths: list[str]) -> dict[str, list[str]]:
 
 
 def code_changes(root: Path, commit: str, paths: list[str], changed: list[str]) -> list[str]:
-    """Of the ``changed`` files, those that change what the code does: every non-Python file, and the Python files
+    """Of the ``changed`` files, those that change what the code does: every non-Python file (a checkpoint's
+    RECIPE.md aside), and the Python files
     holding a statement found at only one of the two commits (code that moved between files, or whose docstrings,
     comments or imports changed, is no change)."""
+    changed = [f for f in changed if Path(f).name != "RECIPE.md"]  # a checkpoint's notes: never loaded
     py = [f for f in changed if f.endswith(".py")]
     out = [f for f in changed if not f.endswith(".py")]
     if not py:
