@@ -352,3 +352,36 @@ class Conditioner:
         mask = torch.zeros(b, 1, f, h, w, dtype=traj.dtype, device=traj.device)
         mask[:, :, 0] = 1.0
         return torch.cat([traj, ref_full, mask, preview], dim=1)
+
+    @torch.no_grad()
+    def frames(
+        self,
+        reference: torch.Tensor,
+        tracks: torch.Tensor,
+        visible: torch.Tensor | None,
+        start: int,
+        stop: int,
+    ) -> torch.Tensor:
+        """The condition channels of latent frames [start, stop) alone: `self(reference, tracks, visible)[:, :, start:
+        stop]` without computing the other frames (a stream conditions each frame when it starts it).
+
+        With a codec of temporal factor 1, frame t's channels depend only on frame t, frame 0 (the drags' starts
+        and visibility) and whether each drag moves at all; so this runs `self` on frame 0, frames [start, stop) and
+        one more frame per drag holding it at its farthest visible position (which decides "moves"), and drops
+        the extra frames (tests/test_streaming.py checks the equality). Other codecs compute every frame.
+        """
+        if self.codec.temporal_factor != 1:
+            return self(reference, tracks, visible)[:, :, start:stop]
+        b, t, n, _ = tracks.shape
+        vis = (
+            torch.ones(b, t, n, dtype=torch.bool, device=tracks.device) if visible is None else visible.bool()
+        )
+        ok = vis & vis[:, :1]
+        far = ((tracks.float() - tracks[:, :1].float()).norm(dim=-1) * ok).argmax(1)  # (B, N)
+        far_tracks = tracks.gather(1, far[:, None, :, None].expand(b, 1, n, 2))
+        far_vis = vis.gather(1, far[:, None, :])
+        head = 0 if start == 0 else 1
+        sel = [] if start == 0 else [slice(0, 1)]
+        tr = torch.cat([tracks[:, s] for s in sel] + [tracks[:, start:stop], far_tracks], dim=1)
+        vv = torch.cat([vis[:, s] for s in sel] + [vis[:, start:stop], far_vis], dim=1)
+        return self(reference, tr, vv)[:, :, head:-1]
