@@ -44,6 +44,7 @@ from ardrag.sampling import (
     randn,
     sample_bidirectional,
 )
+from ardrag.streaming import StreamEngine, fast_path_supported, sample_bidirectional_fast
 from ardrag.text import TextEncoder, build_text_encoder
 from ardrag.trajectory import TrajectoryLimits
 from ardrag.video import atomic_write_bytes
@@ -101,6 +102,9 @@ class PipelineConfig:
     """Most drags accepted (trajectory files with more are refused)."""
     max_frames: int = 1024
     """Most video frames accepted (bounded by the backbone's rope_max_seq_len in latent frames)."""
+    compile: bool = False
+    """Run the transformer blocks through `torch.compile` (one graph per input shape, shared by all layers; see
+    `ardrag.streaming`). The first run of each shape compiles: call `ARDragPipeline.warmup` before timing."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("autoregressive", "bidirectional"):
@@ -154,6 +158,10 @@ class _Prepared:
     image_size: tuple[int, int]  # (W, H) of the caller's coordinate frame
     generator: torch.Generator  # continues after the noise draw: context noise (context_timestep > 0)
     reference: torch.Tensor  # (1, 3, H, W) in [-1, 1] at the model's size: drag updates recondition with it
+    tracks: (
+        torch.Tensor
+    )  # (1, T', N, 2) model pixels: lazy conditions (conditions.cond None) are built from them
+    visible: torch.Tensor  # (1, T', N) bool
 
 
 class ARDragPipeline:
@@ -173,6 +181,9 @@ class ARDragPipeline:
         self.config = dataclasses.replace(
             config, codec=codec.describe(), text_encoder=text_encoder.describe()
         )
+        self.fast = True
+        """Generate with the inference engines of `ardrag.streaming` when they support the model (False: the
+        training-side sampler, `sampling.iter_rollout` / `sample_bidirectional`; same videos to float rounding)."""
         self.conditioner = Conditioner(
             codec,
             config.heatmap_sigma,
@@ -317,7 +328,10 @@ class ARDragPipeline:
         prompt: str,
         negative_prompt: str | None,
         seed: int,
+        lazy: bool = False,
     ) -> _Prepared:
+        """Validated inputs, text context and noise; the condition channels of every frame unless `lazy` (then
+        `conditions.cond` is None and `_cond_frames` builds each chunk's when it starts)."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
@@ -331,7 +345,7 @@ class ARDragPipeline:
         if size != (self.width, self.height):
             ref = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
         ref_t = image_to_tensor(ref)[None].to(self.device)
-        cond = self.conditioner(ref_t, tr, vis)
+        cond = None if lazy else self.conditioner(ref_t, tr, vis)
         neg = self.config.negative_prompt if negative_prompt is None else negative_prompt
         ctx = self.text_encoder.encode([prompt]).to(self.device)
         neg_ctx = (
@@ -341,7 +355,38 @@ class ARDragPipeline:
         h, w = self.height // self.codec.spatial_factor, self.width // self.codec.spatial_factor
         g = torch.Generator().manual_seed(int(seed))
         noise = randn((1, self.codec.latent_channels, f, h, w), g, self.device)
-        return _Prepared(Conditions(ctx, cond, neg_ctx), noise, t, size, g, ref_t)
+        return _Prepared(Conditions(ctx, cond, neg_ctx), noise, t, size, g, ref_t, tr, vis)
+
+    def _cond_frames(self, prep: _Prepared, start: int, stop: int) -> torch.Tensor:
+        """Condition channels of latent frames [start, stop) (from `prep.conditions.cond` when computed)."""
+        if prep.conditions.cond is not None:
+            return prep.conditions.cond[:, :, start:stop]
+        return self.conditioner.frames(prep.reference, prep.tracks, prep.visible, start, stop)
+
+    def _use_engine(self, use_kv_cache: bool = True) -> bool:
+        return self.fast and use_kv_cache and fast_path_supported(self.transformer) is None
+
+    def _engine(self, prep: _Prepared) -> StreamEngine:
+        return StreamEngine(
+            self.transformer, prep.conditions, self.config.rollout(), compile=self.config.compile
+        )
+
+    @torch.no_grad()
+    def warmup(self, num_frames: int | None = None) -> float:
+        """Run one throw-away generation so that every shape a stream needs is built (compiled with
+        `config.compile`; allocator and kernel choice otherwise) and return its seconds. num_frames: video frames
+        (default: enough for every shape of an AR stream, 2 chunks and a partial one; the teacher's graphs depend on
+        the clip length, so give its length)."""
+        import time
+
+        c = self.config.chunk_size
+        t = num_frames or (2 * c + 1 if c > 1 else 3)
+        image = np.zeros((self.height, self.width, 3), dtype=np.uint8)
+        tracks = np.linspace([1.0, 1.0], [self.width - 2.0, self.height - 2.0], t, dtype=np.float32)[:, None]
+        t0 = time.perf_counter()
+        for _ in self.stream(image, tracks):
+            pass
+        return time.perf_counter() - t0
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -366,6 +411,22 @@ class ARDragPipeline:
         return video_to_uint8(video[:, : prep.num_frames])
 
     def _sample(self, prep: _Prepared, use_kv_cache: bool) -> torch.Tensor:
+        if self._use_engine(use_kv_cache or self.config.mode == "bidirectional"):
+            if self.config.mode == "bidirectional":
+                if prep.conditions.cond is None:
+                    prep.conditions.cond = self.conditioner(prep.reference, prep.tracks, prep.visible)
+                return sample_bidirectional_fast(
+                    self.transformer,
+                    prep.conditions,
+                    prep.noise,
+                    self.config.schedule(),
+                    self.config.guidance_scale,
+                    compile=self.config.compile,
+                )
+            cond = lambda a, b: self._cond_frames(prep, a, b)  # noqa: E731
+            return torch.cat(list(self._engine(prep).run(prep.noise, cond, prep.generator)), dim=2)
+        if prep.conditions.cond is None:
+            prep.conditions.cond = self.conditioner(prep.reference, prep.tracks, prep.visible)
         den = Denoiser(self.transformer, prep.conditions, self.config.guidance_scale)
         if self.config.mode == "bidirectional":
             return sample_bidirectional(den, prep.noise, self.config.schedule())
@@ -388,7 +449,8 @@ class ARDragPipeline:
         Send `{"tracks": (T, N', 2), "visible": (T, N') or None}` (same T, image pixels) to change the drags: the
         new trajectory conditions every latent frame not yet started; frames already yielded stay as they are.
         """
-        prep = self._prepare(image, tracks, visible, prompt, negative_prompt, seed)
+        engine = self.config.mode == "autoregressive" and self._use_engine(use_kv_cache)
+        prep = self._prepare(image, tracks, visible, prompt, negative_prompt, seed, lazy=engine)
         decode = self.codec.stream_decoder()
         if self.config.mode == "bidirectional":
             frames = video_to_uint8(decode(self._sample(prep, use_kv_cache))[0])
@@ -411,21 +473,36 @@ class ARDragPipeline:
                     )
                 t_valid = self._valid_frames(len(new_tracks))
                 tr, vis = self._model_tracks(new_tracks, upd.get("visible"), prep.image_size, t_valid)
+                if engine:  # lazy conditions: the frames from `start` on are built from the new drags
+                    prep.tracks, prep.visible = tr, vis
+                    continue
                 new = self.conditioner(prep.reference, tr, vis)  # same reference, new drag channels
                 prep.conditions.cond = torch.cat(
                     [prep.conditions.cond[:, :, :start], new[:, :, start:]], dim=2
                 )
 
-        den = Denoiser(self.transformer, prep.conditions, self.config.guidance_scale)
+        if engine:
+            chunks = self._engine(prep).run(
+                prep.noise,
+                lambda a, b: self._cond_frames(prep, a, b),
+                prep.generator,
+                on_chunk_start=apply_updates,
+            )
+        else:
+            den = Denoiser(self.transformer, prep.conditions, self.config.guidance_scale)
+            chunks = (
+                ch.clean
+                for ch in iter_rollout(
+                    den,
+                    prep.noise,
+                    self.config.rollout(use_kv_cache),
+                    generator=prep.generator,
+                    on_chunk_start=apply_updates,
+                )
+            )
         emitted = 0
-        for chunk in iter_rollout(
-            den,
-            prep.noise,
-            self.config.rollout(use_kv_cache),
-            generator=prep.generator,
-            on_chunk_start=apply_updates,
-        ):
-            frames = video_to_uint8(decode(chunk.clean)[0])
+        for clean in chunks:
+            frames = video_to_uint8(decode(clean)[0])
             for frame in frames:
                 if emitted >= prep.num_frames:
                     return

@@ -1,0 +1,522 @@
+"""Inference engines: the frame-wise rollout and the bidirectional sampler with per-stream constants precomputed,
+a preallocated ring-buffer KV cache and optionally `torch.compile`d blocks.
+
+They compute what `sampling.iter_rollout` (cached mode, `cache_update='full_denoise'`, no SDE or gradient steps) and
+`sampling.sample_bidirectional` compute, to float32 rounding (tests/test_streaming.py), with less work per frame:
+  - constant per stream: the text context's cross-attention keys/values of every layer, the timestep embeddings and
+    adaLN modulations of the schedule's few timesteps, RoPE tables; constant per chunk: the condition embedding;
+  - the KV cache is one preallocated buffer per layer: `cache_frames` ring slots plus a tail for the chunk being
+    run. A chunk's keys/values go into the tail, attention runs over the whole buffer under an additive mask (no
+    concatenation, one shape for every frame of a stream), and a written chunk is copied into the ring slots of
+    the frames it evicts. Slot order does not matter to attention (RoPE is applied before caching);
+  - a chunk's cache write (its clean latents at `context_timestep`) runs in the same forward as the first
+    denoising step of the next chunk: 2c query frames instead of two sequential forwards of c frames. The write
+    rows see what the write forward saw; the next chunk's rows see the written frames and not the ones they evict;
+  - blocks run as one function of their weights (a tuple of tensors), so `torch.compile` builds one graph per
+    shape for all layers (no per-layer recompiles); shapes per stream: c query frames (first chunk and the later
+    steps) and 2c (write + first step); a partial last chunk is padded to c frames with masked keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ardrag.models.causal_wan import CausalWanTransformer, _apply_rotary
+from ardrag.sampling import (
+    NUM_TRAIN_TIMESTEPS,
+    Conditions,
+    FlowSchedule,
+    RolloutConfig,
+    context_frames,
+    ode_step,
+)
+
+_NEG = float("-inf")
+
+
+@dataclass(frozen=True)
+class _BlockWeights:
+    """One block's tensors in the order `_block` takes them (self-attention q, k, v fused into one matrix)."""
+
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor
+    norm_q: torch.Tensor
+    norm_k: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+    norm2_w: torch.Tensor | None
+    norm2_b: torch.Tensor | None
+    cq_w: torch.Tensor
+    cq_b: torch.Tensor
+    cnorm_q: torch.Tensor
+    cout_w: torch.Tensor
+    cout_b: torch.Tensor
+    ff1_w: torch.Tensor
+    ff1_b: torch.Tensor
+    ff2_w: torch.Tensor
+    ff2_b: torch.Tensor
+
+
+def _block_weights(block: torch.nn.Module) -> _BlockWeights:
+    a1, a2 = block.attn1, block.attn2
+    norm2 = block.norm2 if isinstance(block.norm2, torch.nn.LayerNorm) else None
+    return _BlockWeights(
+        torch.cat([a1.to_q.weight, a1.to_k.weight, a1.to_v.weight]).detach(),
+        torch.cat([a1.to_q.bias, a1.to_k.bias, a1.to_v.bias]).detach(),
+        a1.norm_q.weight.detach(),
+        a1.norm_k.weight.detach(),
+        a1.to_out[0].weight.detach(),
+        a1.to_out[0].bias.detach(),
+        None if norm2 is None or norm2.weight is None else norm2.weight.detach(),
+        None if norm2 is None or norm2.bias is None else norm2.bias.detach(),
+        a2.to_q.weight.detach(),
+        a2.to_q.bias.detach(),
+        a2.norm_q.weight.detach(),
+        a2.to_out[0].weight.detach(),
+        a2.to_out[0].bias.detach(),
+        block.ffn.net[0].proj.weight.detach(),
+        block.ffn.net[0].proj.bias.detach(),
+        block.ffn.net[2].weight.detach(),
+        block.ffn.net[2].bias.detach(),
+    )
+
+
+def _block(
+    w: _BlockWeights,
+    x: torch.Tensor,
+    mod: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    kbuf: torch.Tensor | None,
+    vbuf: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    ctx_k: torch.Tensor,
+    ctx_v: torch.Tensor,
+    heads: int,
+    eps: float,
+    cross_norm: bool,
+) -> torch.Tensor:
+    """`CausalWanBlock.forward` as a function of the block's tensors. x (B, n, D) frame-major tokens; mod (1 or B,
+    f, 6, D) float32 = scale_shift_table + timestep projection; kbuf, vbuf (B, H, S + n, Dh): the cache buffer whose
+    last n slots receive this call's rotated keys/values before attention over all S + n under `mask` (additive,
+    broadcastable to (B, H, n, S + n)); None: attention over this call's own tokens only (bidirectional).
+    ctx_k, ctx_v (B, H, L, Dh): the cross-attention keys/values of the context (constant per stream)."""
+    b, n, d = x.shape
+    f = mod.shape[1]
+    tpf = n // f
+    shift, scale, gate, c_shift, c_scale, c_gate = mod.unsqueeze(3).unbind(2)  # (., f, 1, D)
+    xf = x.view(b, f, tpf, d)
+    # 1. self-attention over the cache buffer (or the tokens themselves)
+    h = (F.layer_norm(xf.float(), (d,), eps=eps) * (1 + scale) + shift).to(x.dtype).view(b, n, d)
+    q, k, v = F.linear(h, w.qkv_w, w.qkv_b).split(d, dim=-1)
+    q = F.rms_norm(q, (d,), w.norm_q, eps).unflatten(2, (heads, -1))
+    k = F.rms_norm(k, (d,), w.norm_k, eps).unflatten(2, (heads, -1))
+    q = _apply_rotary(q, cos, sin).transpose(1, 2)
+    k = _apply_rotary(k, cos, sin).transpose(1, 2)
+    v = v.unflatten(2, (heads, -1)).transpose(1, 2)
+    if kbuf is not None:
+        s = kbuf.shape[2] - n
+        kbuf[:, :, s:] = k
+        vbuf[:, :, s:] = v
+        k, v = kbuf, vbuf
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    a = F.linear(a.transpose(1, 2).flatten(2, 3).to(x.dtype), w.out_w, w.out_b)
+    x = (xf.float() + a.view(b, f, tpf, d) * gate).to(x.dtype).view(b, n, d)
+    # 2. cross-attention to the context
+    h = F.layer_norm(x.float(), (d,), w.norm2_w, w.norm2_b, eps).to(x.dtype) if cross_norm else x
+    cq = (
+        F.rms_norm(F.linear(h, w.cq_w, w.cq_b), (d,), w.cnorm_q, eps)
+        .unflatten(2, (heads, -1))
+        .transpose(1, 2)
+    )
+    ca = F.scaled_dot_product_attention(cq, ctx_k, ctx_v).transpose(1, 2).flatten(2, 3).to(x.dtype)
+    x = x + F.linear(ca, w.cout_w, w.cout_b)
+    # 3. feed-forward
+    xf = x.view(b, f, tpf, d)
+    h = (F.layer_norm(xf.float(), (d,), eps=eps) * (1 + c_scale) + c_shift).to(x.dtype).view(b, n, d)
+    ff = F.linear(F.gelu(F.linear(h, w.ff1_w, w.ff1_b), approximate="tanh"), w.ff2_w, w.ff2_b)
+    return (xf.float() + ff.view(b, f, tpf, d).float() * c_gate).to(x.dtype).view(b, n, d)
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def compiled_block() -> Callable:
+    """`_block` under `torch.compile` (one compiled function shared by every layer and model)."""
+    if "block" not in _COMPILED:
+        _COMPILED["block"] = torch.compile(_block, dynamic=False, fullgraph=True)
+    return _COMPILED["block"]
+
+
+def fast_path_supported(model: CausalWanTransformer) -> str | None:
+    """Why the engines cannot run this model (None when they can)."""
+    if model.config.patch_size[0] != 1:
+        return "temporal patch size != 1"
+    if model.blocks[0].attn2.add_k_proj is not None:
+        return "image-context cross-attention (I2V) is not supported"
+    if torch.is_grad_enabled():
+        return "gradient enabled"
+    return None
+
+
+class _Model:
+    """The parts of a `CausalWanTransformer` forward that do not depend on the cache layout, with the per-stream
+    constants precomputed: conditions (context, guidance) -> cross-attention keys/values; timesteps -> modulation."""
+
+    def __init__(
+        self, model: CausalWanTransformer, conditions: Conditions, guidance_scale: float, compile: bool
+    ):
+        self.model = model
+        self.guided = guidance_scale != 1.0
+        self.guidance_scale = guidance_scale
+        cfg = model.config
+        self.heads = cfg.num_attention_heads
+        self.eps = cfg.eps
+        self.cross_norm = isinstance(model.blocks[0].norm2, torch.nn.LayerNorm)
+        self.block_fn = compiled_block() if compile else _block
+        self.weights = [_block_weights(b) for b in model.blocks]
+        self.dtype = model.patch_embedding.weight.dtype
+        pe = model.patch_embedding
+        self.patch_w = pe.weight.detach().flatten(1)  # (D, C * ph * pw)
+        self.patch_b = None if pe.bias is None else pe.bias.detach()
+        ce = model.cond_embedding
+        self.cond_w = None if ce is None else ce.weight.detach().flatten(1)
+        self.cond_b = None if ce is None or ce.bias is None else ce.bias.detach()
+        self.prediction = cfg.get("prediction_type", "velocity")
+        self.sample_base = cfg.get("sample_base")
+        ctx = conditions.context
+        if self.guided:
+            if conditions.negative_context is None:
+                raise ValueError("guidance_scale != 1 needs a negative_context (embed the negative prompt)")
+            ctx = torch.cat([ctx, conditions.negative_context])
+        if conditions.image_context is not None:
+            raise ValueError("the inference engines do not take image context")
+        dev = self.patch_w.device
+        _, _, text, _ = model.condition_embedder(torch.zeros(1, device=dev), ctx.to(self.dtype), None)
+        self.ctx_kv = []
+        for blk in model.blocks:
+            a2 = blk.attn2
+            k = a2.norm_k(a2.to_k(text)).unflatten(2, (self.heads, -1)).transpose(1, 2)
+            v = a2.to_v(text).unflatten(2, (self.heads, -1)).transpose(1, 2)
+            self.ctx_kv.append((k.contiguous(), v.contiguous()))
+        self._temb: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._mods: dict[tuple[float, ...], tuple[list[torch.Tensor], torch.Tensor]] = {}
+        self._rope: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -------------------------------------------------------------- constants
+    def _timestep(self, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """temb (D,), tproj (6, D) of one timestep."""
+        if t not in self._temb:
+            dev = self.patch_w.device
+            tt = torch.full((1,), float(t), device=dev, dtype=torch.float32)
+            temb, tproj, _, _ = self.model.condition_embedder(
+                tt, torch.zeros(1, 1, self.model.config.text_dim, device=dev, dtype=self.dtype), None
+            )
+            self._temb[t] = (temb[0], tproj[0].unflatten(0, (6, -1)))
+        return self._temb[t]
+
+    def modulation(self, ts: tuple[float, ...]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-layer block modulation (1, f, 6, D) and the output norm's (1, f, 2, D) for frames at timesteps ts."""
+        if ts not in self._mods:
+            embs = [self._timestep(t) for t in ts]
+            tproj = torch.stack([e[1] for e in embs])[None].float()  # (1, f, 6, D)
+            temb = torch.stack([e[0] for e in embs])[None].float()  # (1, f, D)
+            mods = [
+                (b.scale_shift_table[None].float() + tproj).detach().contiguous() for b in self.model.blocks
+            ]
+            out = (self.model.scale_shift_table[None].float() + temb[:, :, None]).detach()
+            self._mods[ts] = (mods, out)
+        return self._mods[ts]
+
+    def rope(self, start: int, frames: int, pph: int, ppw: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (1, frames * tpf, 1, head_dim) at absolute frames [start, start + frames) (a growing table)."""
+        tpf = pph * ppw
+        table = self._rope.get((pph, ppw))
+        if table is None or table[0].shape[1] < (start + frames) * tpf:
+            n = max(start + frames, min(max(64, 2 * (start + frames)), self.model.rope.max_seq_len))
+            cos, sin = self.model._rope(torch.arange(n, device=self.patch_w.device), pph, ppw)
+            table = self._rope[(pph, ppw)] = (cos.contiguous(), sin.contiguous())
+        cos, sin = table
+        return cos[:, start * tpf : (start + frames) * tpf], sin[:, start * tpf : (start + frames) * tpf]
+
+    # -------------------------------------------------------------- pieces of a forward
+    @staticmethod
+    def _patches(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+        """(B, C, f, h, w) -> (B, f * h/ph * w/pw, C * ph * pw) in the order of Conv3d's flattened weight."""
+        b, c, f, h, w = x.shape
+        x = x.reshape(b, c, f, h // ph, ph, w // pw, pw).permute(0, 2, 3, 5, 1, 4, 6)
+        return x.reshape(b, f * (h // ph) * (w // pw), c * ph * pw)
+
+    def embed_cond(self, cond: torch.Tensor | None) -> torch.Tensor | None:
+        """Condition tokens (B2, n, D) of a chunk's condition channels (guided: the batch doubled), or None."""
+        if cond is None:
+            if self.cond_w is not None:
+                raise ValueError(
+                    f"model expects {self.model.config.cond_in_channels} condition channels, got none"
+                )
+            return None
+        if self.cond_w is None:
+            raise ValueError("got condition channels but the model has cond_in_channels=0")
+        _, ph, pw = self.model.config.patch_size
+        tok = F.linear(self._patches(cond.to(self.dtype), ph, pw), self.cond_w, self.cond_b)
+        return torch.cat([tok, tok]) if self.guided else tok
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        ts: tuple[float, ...],
+        cond_tok: torch.Tensor | None,
+        cond: torch.Tensor | None,
+        start: int,
+        buffers: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        mask: torch.Tensor | None,
+        out_frames: int,
+    ) -> torch.Tensor | None:
+        """Velocity (B, C, out_frames, h, w) of the last `out_frames` of x (B, C, f, h, w) at per-frame timesteps ts
+        (guidance combined); cond: the channels of those frames (for 'sample' prediction with a base)."""
+        b, _, f, h, w = x.shape
+        _, ph, pw = self.model.config.patch_size
+        pph, ppw = h // ph, w // pw
+        tpf = pph * ppw
+        x2 = torch.cat([x, x]) if self.guided else x
+        tok = F.linear(self._patches(x2.to(self.dtype), ph, pw), self.patch_w, self.patch_b)
+        if cond_tok is not None:
+            tok = tok + cond_tok
+        cos, sin = self.rope(start, f, pph, ppw)
+        mods, out_mod = self.modulation(ts)
+        for li, wts in enumerate(self.weights):
+            kb, vb = (None, None) if buffers is None else buffers[li]
+            ck, cv = self.ctx_kv[li]
+            tok = self.block_fn(
+                wts, tok, mods[li], cos, sin, kb, vb, mask, ck, cv, self.heads, self.eps, self.cross_norm
+            )
+        if out_frames == 0:  # a cache write: only the keys/values were wanted
+            return None
+        # output norm (per-frame modulation), projection, unpatchify: only the frames asked for
+        bb = tok.shape[0]
+        xf = tok.view(bb, f, tpf, -1)[:, f - out_frames :]
+        om = out_mod[:, f - out_frames :]
+        shift, scale = om[:, :, 0:1], om[:, :, 1:2]
+        y = (F.layer_norm(xf.float(), (xf.shape[-1],), eps=self.model.norm_out.eps) * (1 + scale) + shift).to(
+            tok.dtype
+        )
+        y = self.model.proj_out(y)  # (B2, fo, tpf, C * ph * pw)
+        y = y.reshape(bb, out_frames, pph, ppw, 1, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        y = y.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        xin = x2[:, :, f - out_frames :]
+        if self.prediction == "sample":
+            base = self.sample_base
+            if base is not None:
+                c2 = torch.cat([cond, cond]) if self.guided else cond
+                if c2 is None or c2.shape[1] < base[1] or base[1] - base[0] != y.shape[1]:
+                    raise ValueError(f"sample_base {base} needs condition channels [{base[0]}, {base[1]})")
+                y = y.float() + c2[:, base[0] : base[1], f - out_frames :].float()
+            t = torch.tensor(ts[f - out_frames :], device=y.device, dtype=torch.float32)
+            s = self.model.velocity_sigma(t).view(1, 1, -1, 1, 1)
+            y = (xin.float() - y.float()) / s
+        v = y.to(x.dtype)
+        if not self.guided:
+            return v
+        v_c, v_u = v.chunk(2)
+        return v_u + self.guidance_scale * (v_c - v_u)
+
+
+class RingCache:
+    """Preallocated per-layer KV buffers: `cache_frames` ring slots (sinks first, then a ring over the rest) and a
+    tail of `tail_frames` slots for the frames of the running forward."""
+
+    def __init__(
+        self,
+        layers: int,
+        batch: int,
+        heads: int,
+        head_dim: int,
+        tpf: int,
+        window: int,
+        sinks: int,
+        tail_frames: int,
+        device,
+        dtype,
+    ) -> None:
+        self.tpf, self.window, self.sinks, self.tail = tpf, window, sinks, tail_frames
+        size = (window + tail_frames) * tpf
+        self.k = torch.zeros(layers, batch, heads, size, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.slot_frame = [-1] * window  # absolute frame in each ring slot (-1 empty)
+
+    def slot(self, frame: int) -> int:
+        s = self.sinks
+        return frame if frame < s else s + (frame - s) % (self.window - s)
+
+    def buffers(self, frames: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer views: the ring and a tail of `frames` frames right after it."""
+        n = (self.window + frames) * self.tpf
+        return [(self.k[i, :, :, :n], self.v[i, :, :, :n]) for i in range(self.k.shape[0])]
+
+    def valid(self) -> torch.Tensor:
+        return torch.tensor([f >= 0 for f in self.slot_frame])
+
+    def write(self, frames: list[int]) -> None:
+        """Copy the tail's first len(frames) frames (the chunk just run at the head of the tail) into their slots."""
+        t, w = self.tpf, self.window
+        for i, fr in enumerate(frames):
+            s = self.slot(fr)
+            src = slice((w + i) * t, (w + i + 1) * t)
+            self.k[:, :, :, s * t : (s + 1) * t] = self.k[:, :, :, src]
+            self.v[:, :, :, s * t : (s + 1) * t] = self.v[:, :, :, src]
+            self.slot_frame[s] = fr
+
+
+def _token_mask(frame_rows: list[torch.Tensor], tpf: int, device) -> torch.Tensor:
+    """Additive float mask (1, 1, Q, K) from per-query-frame boolean rows over key frames (each (Kf,)); one row:
+    (1, 1, 1, K), broadcast over the queries."""
+    tok = torch.stack(frame_rows).repeat_interleave(tpf, 1)  # (Qf, K)
+    if len(frame_rows) > 1:
+        tok = tok.repeat_interleave(tpf, 0)
+    return torch.zeros(tok.shape, dtype=torch.float32).masked_fill(~tok, _NEG)[None, None].to(device)
+
+
+class StreamEngine:
+    """The frame-wise AR rollout for inference (see the module docstring): `run` yields each chunk's clean latents."""
+
+    def __init__(
+        self,
+        model: CausalWanTransformer,
+        conditions: Conditions,
+        cfg: RolloutConfig,
+        compile: bool = False,
+        fold_write: bool = True,
+    ):
+        why = fast_path_supported(model)
+        if why is not None:
+            raise ValueError(f"the stream engine cannot run this model: {why}")
+        c, w, s = cfg.causal.chunk_size, cfg.causal.cache_frames, cfg.causal.sink_frames
+        if c > w - s:
+            raise ValueError(
+                f"the stream engine needs chunk_size <= cache_frames - sink_frames, got {c} > {w - s}"
+            )
+        self.cfg = cfg
+        self.fold_write = fold_write
+        self.m = _Model(model, conditions, cfg.guidance_scale, compile)
+        self.conditions = conditions
+
+    def run(
+        self,
+        noise: torch.Tensor,
+        cond_chunk: Callable[[int, int], torch.Tensor | None] | None = None,
+        generator: torch.Generator | None = None,
+        on_chunk_start: Callable[[int], None] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Clean latents (B, C, c, h, w) chunk by chunk from noise (B, C, F, h, w), like `iter_rollout`'s `clean`.
+        cond_chunk(start, stop): the condition channels of those frames (default: `conditions.cond_slice`), asked
+        after `on_chunk_start(start)`."""
+        cfg, m = self.cfg, self.m
+        cond_chunk = cond_chunk or self.conditions.cond_slice
+        b, ch, num_frames, h, w = noise.shape
+        c = cfg.causal.chunk_size
+        sig = cfg.schedule.sigmas().tolist()
+        n_steps = len(sig) - 1
+        ts = [s * NUM_TRAIN_TIMESTEPS for s in sig[:-1]]
+        ctx_t = float(cfg.context_timestep)
+        _, ph, pw = m.model.config.patch_size
+        tpf = (h // ph) * (w // pw)
+        heads = m.heads
+        head_dim = m.model.inner_dim // heads
+        b2 = 2 * b if m.guided else b
+        ring = RingCache(
+            len(m.weights),
+            b2,
+            heads,
+            head_dim,
+            tpf,
+            cfg.causal.cache_frames,
+            cfg.causal.sink_frames,
+            2 * c,
+            noise.device,
+            m.dtype,
+        )
+        plain_bufs, fold_bufs = ring.buffers(c), ring.buffers(2 * c)
+        win = cfg.causal.cache_frames
+        pending = None  # (latents (B, C, c, h, w) to write, their cond tokens, cond, start)
+        n_chunks = math.ceil(num_frames / c)
+        for mi in range(n_chunks):
+            start = mi * c
+            stop = min(start + c, num_frames)
+            real = stop - start
+            if on_chunk_start is not None:
+                on_chunk_start(start)
+            cond = cond_chunk(start, stop)
+            x = noise[:, :, start:stop]
+            if real < c:  # pad a partial last chunk to the compiled shape; its padding keys are masked
+                pad = c - real
+                x = torch.cat([x, x.new_zeros(b, ch, pad, h, w)], dim=2)
+                if cond is not None:
+                    cond = torch.cat([cond, cond.new_zeros(*cond.shape[:2], pad, h, w)], dim=2)
+            cond_tok = m.embed_cond(cond)
+            if pending is not None and not self.fold_write:  # the write as its own forward of c frames
+                px, ptok, pcond, pstart = pending
+                mask = _token_mask(
+                    [torch.cat([ring.valid(), torch.ones(c, dtype=torch.bool)])], tpf, x.device
+                )
+                m.forward(px, (ctx_t,) * c, ptok, pcond, pstart, plain_bufs, mask, 0)
+                ring.write(list(range(pstart, pstart + c)))
+                pending = None
+            valid = ring.valid()
+            tail_new = torch.tensor([i < real for i in range(c)])
+            plain_mask = _token_mask([torch.cat([valid, tail_new])], tpf, x.device)
+            for n in range(n_steps):
+                if n == 0 and pending is not None:
+                    px, ptok, pcond, pstart = pending
+                    dest = torch.zeros(win, dtype=torch.bool)
+                    for fr in range(pstart, pstart + c):
+                        dest[ring.slot(fr)] = True
+                    ones, zeros = torch.ones(c, dtype=torch.bool), torch.zeros(c, dtype=torch.bool)
+                    rows = [torch.cat([valid, ones, zeros])] * c + [
+                        torch.cat([valid & ~dest, ones, tail_new])
+                    ] * c
+                    mask = _token_mask(rows, tpf, x.device)
+                    xin = torch.cat([px, x], dim=2)
+                    tok = None if cond_tok is None else torch.cat([ptok, cond_tok], dim=1)
+                    cin = None if cond is None else torch.cat([pcond, cond], dim=2)
+                    v = m.forward(xin, (ctx_t,) * c + (ts[0],) * c, tok, cin, pstart, fold_bufs, mask, c)
+                    ring.write(list(range(pstart, pstart + c)))
+                    valid = ring.valid()
+                    plain_mask = _token_mask([torch.cat([valid, tail_new])], tpf, x.device)
+                    pending = None
+                else:
+                    v = m.forward(x, (ts[n],) * c, cond_tok, cond, start, plain_bufs, plain_mask, c)
+                x = ode_step(x, v, sig[n], sig[n + 1])
+            clean = x[:, :, :real]
+            cached = context_frames(clean, ctx_t, generator)
+            if stop < num_frames:
+                pending = (cached, cond_tok, cond, start)
+            yield clean
+
+
+def sample_bidirectional_fast(
+    model: CausalWanTransformer,
+    conditions: Conditions,
+    noise: torch.Tensor,
+    schedule: FlowSchedule,
+    guidance_scale: float = 1.0,
+    compile: bool = False,
+) -> torch.Tensor:
+    """`sampling.sample_bidirectional` (N-step Euler over all frames at once) with the per-stream constants
+    precomputed and optionally compiled blocks."""
+    why = fast_path_supported(model)
+    if why is not None:
+        raise ValueError(f"the bidirectional engine cannot run this model: {why}")
+    m = _Model(model, conditions, guidance_scale, compile)
+    sig = schedule.sigmas().tolist()
+    f = noise.shape[2]
+    cond_tok = m.embed_cond(conditions.cond)
+    x = noise
+    for n in range(len(sig) - 1):
+        v = m.forward(x, (sig[n] * NUM_TRAIN_TIMESTEPS,) * f, cond_tok, conditions.cond, 0, None, None, f)
+        x = ode_step(x, v, sig[n], sig[n + 1])
+    return x
