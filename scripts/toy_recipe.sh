@@ -4,7 +4,7 @@
 #
 #   bash scripts/toy_recipe.sh            # every stage resumes (--ckpt_path last); a finished stage is skipped
 #   TRAIN_ONLY=1 bash scripts/toy_recipe.sh   # data and the training stages only (no benchmark), e.g. to time them:
-#   python scripts/recipe_report.py --runs runs/recipe --out results/training/recipe_run
+#   python scripts/recipe_notes.py walltime --runs runs/recipe --out results/training/recipe_run
 #
 # Step counts: by default the teacher trains 360 steps and each student 180 (the configs' max_steps overridden, a
 # checkpoint every quarter, third or half of it): sized so that data + training take at most 90 minutes on a
@@ -37,7 +37,7 @@ stage() {  # stage NAME THREADS TITLE ardrag-fit-ARGS...: train into $RUNS/NAME 
   local last
   last=$(ls "$RUNS/$name"/checkpoints/step*.ckpt | sort | tail -1)
   ardrag-export --ckpt "$last" --dtype bfloat16 --out "$CKPTS/$name"
-  python scripts/write_recipe.py --run "$RUNS/$name" --out "$CKPTS/$name" --title "$title" --command \
+  python scripts/recipe_notes.py checkpoint --run "$RUNS/$name" --out "$CKPTS/$name" --title "$title" --command \
     "OMP_NUM_THREADS=$threads ardrag-fit $* --trainer.default_root_dir=$RUNS/$name --ckpt_path last
 ardrag-export --ckpt $last --dtype bfloat16 --out $CKPTS/$name
 # or all stages at once: bash scripts/toy_recipe.sh"

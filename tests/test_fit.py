@@ -314,7 +314,7 @@ def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32(
     if accelerator == "auto" and torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA")
     monkeypatch.setattr(ardrag.hardware, "cpu_has_native_bf16", lambda: native)
-    assert cpu_precision(precision, accelerator, mode, quiet=True) == want  # (write_recipe.py asks this way)
+    assert cpu_precision(precision, accelerator, mode, quiet=True) == want  # (recipe_notes.py asks so)
     assert capsys.readouterr().err == ""
     assert cpu_precision(precision, accelerator, mode) == want
     assert ("training in 32-true" in capsys.readouterr().err) == (want == "32-true")

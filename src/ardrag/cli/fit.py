@@ -91,7 +91,7 @@ def _build_cli_class():
 def cpu_precision(precision: Any, accelerator: Any, mode: str = "auto", quiet: bool = False) -> str | None:
     """The precision to train in instead of the config's, or None to keep it: a bf16 precision on a CPU run
     becomes "32-true" when the CPU has no native bf16 (``ardrag.hardware.cpu_has_native_bf16`` is False), unless
-    ``mode`` is "keep". Says so on stderr unless ``quiet`` (scripts/write_recipe.py asks what a run trained in)."""
+    ``mode`` is "keep". Says so on stderr unless ``quiet`` (scripts/recipe_notes.py asks what a run trained in)."""
     import torch
 
     from ardrag.hardware import cpu_has_native_bf16
