@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image upload")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the transformer blocks (compiled by a warm-up run before the page is served)",
+    )
     return p
 
 
@@ -92,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = ARDragPipeline.from_pretrained(args.checkpoint, device=device)
+    if args.compile:
+        pipe.config.compile = True
+        print(f"ardrag-demo: compiled in a {pipe.warmup(17):.1f} s warm-up run", flush=True)
     settings = DemoSettings(max_upload_bytes=int(args.max_upload_mb * 2**20))
     app = create_app(pipe, settings=settings)
     try:

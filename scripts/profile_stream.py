@@ -1,0 +1,161 @@
+"""Where a streamed frame's time goes, before and after each inference change: torch.profiler op summaries and
+interleaved wall-clock timings of the same stream run four ways in one process.
+
+  1. sampler   : the training-side sampler (`sampling.iter_rollout` over the concatenating `KVCache`, module
+                 forwards that recompute the text/timestep embeddings every forward) with the conditions of every
+                 frame built before frame 0;
+  2. engine    : `ardrag.streaming.StreamEngine` with per-stream constants, the preallocated ring-buffer cache and
+                 lazy per-chunk conditions, the cache write as its own forward;
+  3. +fold     : the same with each chunk's cache write folded into the next chunk's first step (the default);
+  4. +compile  : the same with torch.compile'd blocks (compiled in a warm-up run, reported apart).
+Variants run round-robin (`--repeats` rounds), so a change in CPU load hits all of them alike; the 1-minute load
+average is recorded. Each variant's videos are compared with the sampler's (max uint8 difference).
+
+    python scripts/profile_stream.py --checkpoint results/toy/checkpoints/rl --frames 32 --threads 2 \
+        --out results/latency/profile.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ardrag import ARDragPipeline
+from ardrag.conditioning import video_to_uint8
+from ardrag.hardware import cpu_name, provenance
+from ardrag.sampling import Denoiser, iter_rollout
+from ardrag.streaming import StreamEngine
+from ardrag.video import atomic_write_bytes, read_image
+
+STATIC = Path(__file__).resolve().parents[1] / "src/ardrag/demo/static/images"
+
+
+def demo_inputs(frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The demo's first bundled toy image and two fixed drags (64 x 64 pixels)."""
+    image = read_image(STATIC / "toy-0.png")
+    h, w = image.shape[:2]
+    a = np.linspace([0.3 * w, 0.3 * h], [0.7 * w, 0.65 * h], frames)
+    b = np.linspace([0.65 * w, 0.2 * h], [0.2 * w, 0.8 * h], frames)
+    return image, np.stack([a, b], axis=1).astype(np.float32)
+
+
+def sampler_stream(pipe: ARDragPipeline, image, tracks, seed: int):
+    """The pre-engine stream: all conditions first, iter_rollout, per-chunk decode."""
+    prep = pipe._prepare(image, tracks, None, "", None, seed)
+    den = Denoiser(pipe.transformer, prep.conditions, pipe.config.guidance_scale)
+    decode = pipe.codec.stream_decoder()
+    for ch in iter_rollout(den, prep.noise, pipe.config.rollout(), generator=prep.generator):
+        yield from video_to_uint8(decode(ch.clean)[0])
+
+
+def engine_stream(pipe: ARDragPipeline, image, tracks, seed: int, fold: bool, compile: bool):
+    prep = pipe._prepare(image, tracks, None, "", None, seed, lazy=True)
+    eng = StreamEngine(
+        pipe.transformer, prep.conditions, pipe.config.rollout(), compile=compile, fold_write=fold
+    )
+    decode = pipe.codec.stream_decoder()
+    for clean in eng.run(prep.noise, lambda a, b: pipe._cond_frames(prep, a, b), prep.generator):
+        yield from video_to_uint8(decode(clean)[0])
+
+
+def timed(stream) -> tuple[list[float], np.ndarray]:
+    t0 = time.perf_counter()
+    stamps, frames = [], []
+    for fr in stream:
+        stamps.append(time.perf_counter())
+        frames.append(fr)
+    return list(np.diff([t0, *stamps])), np.stack(frames)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default="results/toy/checkpoints/rl")
+    ap.add_argument("--frames", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("results/latency/profile.md"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    pipe = ARDragPipeline.from_pretrained(args.checkpoint)
+    image, tracks = demo_inputs(args.frames)
+    variants = {
+        "sampler": lambda: sampler_stream(pipe, image, tracks, args.seed),
+        "engine": lambda: engine_stream(pipe, image, tracks, args.seed, False, False),
+        "+fold": lambda: engine_stream(pipe, image, tracks, args.seed, True, False),
+        "+compile": lambda: engine_stream(pipe, image, tracks, args.seed, True, True),
+    }
+    warm = {}
+    for name, make in variants.items():  # warm-up (compiles the last variant), excluded and reported
+        t0 = time.perf_counter()
+        timed(make())
+        warm[name] = time.perf_counter() - t0
+    reference = timed(variants["sampler"]())[1]
+    runs = {name: [] for name in variants}
+    loads = [os.getloadavg()[0]]
+    diffs = {}
+    for _ in range(args.repeats):
+        for name, make in variants.items():
+            d, video = timed(make())
+            runs[name].append(d)
+            diffs[name] = int(np.abs(video.astype(int) - reference).max())
+        loads.append(os.getloadavg()[0])
+    summaries = {}
+    for name, make in variants.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            timed(make())
+        events = prof.key_averages()
+        calls = sum(e.count for e in events if e.key.startswith("aten::"))
+        top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:6]
+        summaries[name] = (calls, top)
+
+    lines = [
+        f"# Per-frame overhead of the streamed toy model, before and after each change ({args.frames} frames)",
+        "",
+        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Checkpoint `{args.checkpoint}`, the demo's toy-0 image with two fixed drags, seed {args.seed}; "
+        f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, commit "
+        f"{provenance().get('git_commit', '?')}.  ",
+        f"Variants run round-robin, {args.repeats} rounds after one warm-up each; medians. 1-minute load average "
+        f"over the rounds: {min(loads):.2f} - {max(loads):.2f} (other jobs shared the CPU when above ~0.5).",
+        "",
+        "| variant | TTFF (ms) | steady ms/frame (frames 1-end) | frames/s | aten calls per frame | "
+        "max uint8 diff to sampler | warm-up run (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in variants:
+        r = np.array(runs[name])
+        ttff = np.median(r[:, 0]) * 1e3
+        steady = np.median(r[:, 1:].mean(1)) * 1e3
+        lines.append(
+            f"| {name} | {ttff:.1f} | {steady:.1f} | {1e3 / steady:.1f} | "
+            f"{summaries[name][0] / args.frames:.0f} | {diffs[name]} | {warm[name]:.1f} |"
+        )
+    lines += [
+        "",
+        "Top operators by self CPU time (one profiled run per variant, profiler overhead included):",
+        "",
+    ]
+    for name in variants:
+        calls, top = summaries[name]
+        cells = ", ".join(
+            f"{e.key.replace('aten::', '')} {e.self_cpu_time_total / 1e3 / args.frames:.2f} ms ({e.count})"
+            for e in top
+        )
+        lines.append(f"- **{name}** (ms per frame, calls per run): {cells}")
+    text = "\n".join(lines) + "\n"
+    atomic_write_bytes(args.out, text.encode())
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
