@@ -171,6 +171,9 @@ def test_sample_weighting_is_the_x0_error(toy, prediction_type):
 def test_resume_gives_the_uninterrupted_losses_and_exports(toy, tmp_path):
     full, parts = tmp_path / "full", tmp_path / "parts"
     assert fit_main(_args(toy, full, 6)) == 0
+    # --checkpoint_every=3: every periodic checkpoint is kept, plus last.ckpt
+    kept = sorted(p.name for p in (full / "checkpoints").glob("*.ckpt"))
+    assert kept == ["last.ckpt", "step0000003.ckpt", "step0000006.ckpt"], kept
     assert fit_main(_args(toy, parts, 3)) == 0  # stops at step 3 (last.ckpt written at max_steps)
     assert (parts / "checkpoints" / "last.ckpt").exists()
     assert fit_main(_args(toy, parts, 6, "--ckpt_path=last")) == 0

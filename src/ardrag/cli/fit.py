@@ -4,9 +4,10 @@
         [--trainer.max_steps=2000 --model.init_args.optim.lr=3e-4 ...]
 
 Everything a run writes lives under `trainer.default_root_dir`: TensorBoard logs (`tb/`), checkpoints
-(`checkpoints/`, with `last.ckpt`, also when the run ends at max_steps), sample GIFs and, at the end of fit, the
-exported pipeline (`export/`). `--ckpt_path last` resumes the run in that folder (and starts it when there is no
-checkpoint yet), so the same command both starts and resumes a run.
+(`checkpoints/`: one every `--checkpoint_every` steps, all kept, and `last.ckpt`, also when the run ends at
+max_steps), sample GIFs and, at the end of fit, the exported pipeline (`export/`). `--ckpt_path last` resumes the
+run in that folder (and starts it when there is no checkpoint yet), so the same command both starts and resumes a
+run. Progress is one bar in optimizer steps of `max_steps` (`ardrag.training.console`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ DEFAULT_ROOT = "runs/default"
 
 def _build_cli_class():
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -38,7 +39,8 @@ def _build_cli_class():
                 "--checkpoint_every",
                 type=int,
                 default=500,
-                help="training steps between periodic checkpoints (last.ckpt is always kept)",
+                help="training steps between periodic checkpoints (checkpoints/stepNNNNNNN.ckpt, every one kept; "
+                "last.ckpt too)",
             )
             parser.add_argument(
                 "--cpu_bf16",
@@ -72,11 +74,18 @@ def _build_cli_class():
                         filename="step{step:07d}",
                         auto_insert_metric_name=False,
                         every_n_train_steps=self._get(self.config_init, "checkpoint_every"),
-                        save_top_k=1,
+                        save_top_k=-1,  # every periodic checkpoint stays
                         monitor=None,
                         save_last=True,
                     )
                 )
+            if tcfg.get("enable_progress_bar") is not False and not any(
+                isinstance(c, ProgressBar) for c in user_cbs
+            ):
+                from ardrag.training.console import StepProgressBar
+
+                # steps of max_steps with a rate and an ETA, not the batches of an epoch
+                ours.append(StepProgressBar())
             kwargs["callbacks"] = list(user_cbs) + ours
             precision = cpu_precision(
                 tcfg.get("precision"), tcfg.get("accelerator"), self._get(self.config_init, "cpu_bf16")
@@ -153,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     from jsonargparse import ArgumentError
 
     from ardrag.training.base import StageModule
+    from ardrag.training.console import quiet_lightning
 
+    quiet_lightning()
     FitCLI = _build_cli_class()
     import lightning.pytorch as pl
 
