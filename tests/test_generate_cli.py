@@ -25,7 +25,9 @@ MALFORMED = {
     "no tracks": ({"visible": []}, "missing 'tracks'"),
     "empty": ({"tracks": []}, "non-empty"),
     "empty track": ({"tracks": [[]]}, "track 0 must be a non-empty"),
-    "wrong nesting": ({"tracks": [[5, 5], [6, 6]]}, "track 0 point 0"),
+    "wrong nesting": ({"tracks": [[5, 5], [6, 6]]}, "holds [x, y] points, not tracks"),
+    # more flat points than the track limit: the nesting is the error, not the count
+    "flat points": ({"tracks": [[i, i] for i in range(17)]}, "holds [x, y] points, not tracks"),
     "triple": ({"tracks": [[[1, 2, 3]]]}, "pair of numbers"),
     "string coord": ({"tracks": [[["1", 2]]]}, "pair of numbers"),
     "NaN": ("NAN", "not finite"),
@@ -143,12 +145,13 @@ def test_coordinates_are_rescaled_from_the_given_frame():
         parse_trajectory({"tracks": [[[0, 0], [200, 0]]]}, 40, 30, TrajectoryLimits(margin=0.5))
 
 
-def test_generate_writes_mp4_and_gif(tmp_path, image_path, export_dir):
+def test_generate_writes_mp4_and_gif(tmp_path, image_path, export_dir, capsys):
     traj = tmp_path / "t.json"
     traj.write_text(json.dumps(GOOD))
     out = tmp_path / "video.mp4"
     rc = main(_args(export_dir, image_path, traj, out, "--gif", "--seed", "1"))
     assert rc == 0
+    assert f"wrote {out} and {tmp_path / 'video.gif'} (" in capsys.readouterr().out  # both files named
     frames, _ = read_video(out)
     assert frames.shape == (3, 32, 32, 3)
     pipe = ARDragPipeline.from_pretrained(export_dir)

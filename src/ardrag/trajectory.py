@@ -1,6 +1,6 @@
 """The trajectory file (CLI input): parse, validate and rescale, with one-line errors naming the problem.
 
-Format (DESIGN.md): a JSON object with "tracks": N lists of T [x, y] pairs in pixels of the input image; optional
+Format: a JSON object with "tracks": N lists of T [x, y] pairs in pixels of the input image; optional
 "visible": N lists of T booleans; optional "width", "height" of the coordinate frame (default: the image size;
 coordinates are rescaled when they differ). Internally tracks are float32 (T, N, 2) and visible bool (T, N).
 """
@@ -51,6 +51,12 @@ def parse_trajectory(
     tracks = obj["tracks"]
     if not isinstance(tracks, list) or not tracks:
         raise TrajectoryError("'tracks' must be a non-empty list of tracks (each a list of [x, y] pairs)")
+    if any(isinstance(tr, list) and len(tr) == 2 and all(_is_number(v) for v in tr) for tr in tracks):
+        # e.g. {"tracks": [[x0, y0], [x1, y1], ...]}: one path written without its own list
+        raise TrajectoryError(
+            "'tracks' holds [x, y] points, not tracks: a track is a list of [x, y] pairs, so one dragged point "
+            'is {"tracks": [[[x0, y0], [x1, y1], ...]]}'
+        )
     if len(tracks) > limits.max_tracks:
         raise TrajectoryError(f"{len(tracks)} tracks exceed the model's limit of {limits.max_tracks}")
     lengths = set()

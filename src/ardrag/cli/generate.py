@@ -136,10 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     video = np.stack(frames)
     fps = args.fps or config.fps
     write_video(out, video, fps)
+    written = [str(out)]
     if args.gif and out.suffix.lower() != ".gif":
         write_video(out.with_suffix(".gif"), video, fps)
+        written.append(str(out.with_suffix(".gif")))
     print(
-        f"wrote {out} ({len(video)} frames {video.shape[2]}x{video.shape[1]}; first frame {first:.3f} s, "
+        f"wrote {' and '.join(written)} ({len(video)} frames {video.shape[2]}x{video.shape[1]}; first frame {first:.3f} s, "
         f"total {total:.2f} s on {device}{warm})"
     )
     return 0
