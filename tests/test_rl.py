@@ -232,3 +232,5 @@ def test_full_scale_rl_config_refuses_cleanly_without_a_student(tmp_path, capsys
     rc = fit_main(["--config", str(ROOT / "configs/rl.yaml"), f"--trainer.default_root_dir={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "runs/wan/sft/export" in err[0]
+    # it points at the full-scale SFT run, never at toy configs or checkpoints
+    assert "trainer.default_root_dir=runs/wan/sft" in err[0] and "toy" not in err[0]

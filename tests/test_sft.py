@@ -140,6 +140,8 @@ def test_full_scale_config_parses_and_refuses_without_weights(tmp_path, capsys):
     assert fit.main(["--config", "configs/sft.yaml"]) == 2
     err = errors(capsys)
     assert len(err) == 1 and "teacher export not found at runs/wan/teacher/export" in err[0]
+    # the full-scale config's error points at the full-scale teacher run, never at toy configs or checkpoints
+    assert "trainer.default_root_dir=runs/wan/teacher" in err[0] and "toy" not in err[0]
     # an export folder without its safetensors: refused with one line naming the folder
     folder = tmp_path / "teacher"
     (folder / "transformer").mkdir(parents=True)

@@ -117,9 +117,14 @@ class RLModule(StageModule):
         self.optim_cfg = optim or RLOptim()
         path = Path(init)
         if not (path / "ardrag_pipeline.json").exists():
+            made_by = (
+                f" (an SFT run with trainer.default_root_dir={path.parent} writes this one)"
+                if path.name == "export"
+                else ""
+            )
             raise FileNotFoundError(
-                f"initial student not found at {path}: give model.init_args.init = an exported AR pipeline "
-                "(e.g. results/toy/checkpoints/sft, or runs/toy/sft/export from ardrag-fit --config configs/toy/sft.yaml)"
+                f"initial student not found at {path}: set model.init_args.init to an exported autoregressive "
+                f"pipeline folder, the export/ of an SFT run at the same scale{made_by}"
             )
         pipe = ARDragPipeline.from_pretrained(path)
         pipe.transformer.float()  # exports may store bf16 weights; training keeps float32 masters

@@ -367,9 +367,14 @@ def load_teacher(path: str | Path) -> ARDragPipeline:
     """The exported teacher pipeline; a missing folder or missing weights is one clear error."""
     path = Path(path)
     if not (path / "ardrag_pipeline.json").exists():
+        made_by = (
+            f" (a teacher run with trainer.default_root_dir={path.parent} writes this one)"
+            if path.name == "export"
+            else ""
+        )
         raise FileNotFoundError(
-            f"teacher export not found at {path}: train the teacher (ardrag-fit --config configs/toy/teacher.yaml) "
-            "or set model.init_args.teacher to an exported pipeline folder"
+            f"teacher export not found at {path}: set model.init_args.teacher to an exported teacher pipeline "
+            f"folder, the export/ of a teacher run at the same scale{made_by}"
         )
     if not list((path / "transformer").glob("*.safetensors")):
         raise FileNotFoundError(f"teacher weights missing: no safetensors in {path / 'transformer'}")
