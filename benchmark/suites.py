@@ -1,6 +1,6 @@
 """Benchmark suites: reference images + target trajectories (+ ground-truth videos) read from shard folders.
 
-A suite is any folder of WebDataset shards in the DESIGN.md sample schema: the toy-world test split
+A suite is any folder of WebDataset shards in the sample schema (docs/method.md): the toy-world test split
 (``datamodules.toy_world.write_toy_world``) or a folder made by ``ardrag-prepare`` from real videos. Each sample
 becomes one item: frame 0 is the reference image, the clip is the ground truth, and up to ``max_tracks`` of its
 tracks are the targets to condition on, chosen by a seeded rule that depends only on (suite seed, item key) and

@@ -1,7 +1,7 @@
 """Step-indexed training batches read by random access from WebDataset tar shards: exact resume.
 
-DESIGN.md asks that "the data order, the noise and every random draw are functions of (seed, global step,
-rank)", so a run stopped at step k and resumed gives the losses of one that never stopped. A resampled WebDataset
+Resume is exact: the data order, the noise and every random draw are functions of (seed, global step, rank), so a
+run stopped at step k and resumed gives the losses of one that never stopped. A resampled WebDataset
 stream cannot be rewound without replaying (and decoding) everything it produced, so training batches come from
 here by default: each shard's tar headers are indexed once (a sequential scan of headers, no payload read), and
 batch b of rank r draws its samples uniformly with replacement from the rank's shards with a generator seeded by

@@ -314,7 +314,7 @@ def write_toy_world(
     progress: bool = True,
     **look,
 ) -> dict:
-    """Write ``out_dir/{train,val,test}/toy-%06d.tar`` shards in the DESIGN.md schema.
+    """Write ``out_dir/{train,val,test}/toy-%06d.tar`` shards in the sample schema (docs/method.md).
 
     Every split gets at least ``min_shards`` shards (when it has that many clips) so DDP ranks and loader
     workers can split it. A finished folder written with the same settings is left as is (a manifest

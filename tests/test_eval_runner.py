@@ -257,7 +257,7 @@ def test_code_fingerprint_changes_with_the_metric_source(tmp_path, monkeypatch):
 
 
 def test_benchmark_imports_no_training_code():
-    # DESIGN: benchmark/ sees methods only through the generator interface; it must not pull in training code
+    # benchmark/ sees methods only through the generator interface; it must not pull in training code
     # (the `lightning` trainer, ardrag's training stages). A fresh interpreter shows what really gets imported.
     import subprocess
 

@@ -116,7 +116,7 @@ def test_rescoring_in_one_teacher_forcing_pass_equals_the_rollout_log_probs(chun
 def test_last_step_sde_would_leave_noise_in_the_clean_frame():
     """With an exact velocity, an SDE step leaves std a*sqrt(s/(1-s))*sqrt(-dt) of fresh noise; at the last of the
     paper's three steps (s = 0.522 -> 0) nothing removes it (std ~ 0.6 in a clean frame), at earlier steps the
-    following ODE steps carry it to the data at a level DESIGN.md's SDE keeps on the marginal."""
+    following ODE steps carry it to the data at a level the Flow-GRPO SDE keeps on the marginal."""
     sig = FlowSchedule().sigmas().tolist()
     x0 = torch.zeros(1, 4, 1, 32, 32)
     eps = torch.randn(1, 4, 1, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -1,6 +1,6 @@
 """Flow-matching schedule, ODE/SDE steps and the frame-wise autoregressive rollout.
 
-Notation (DESIGN.md): sigma s in [0, 1], x_s = (1 - s) x0 + s eps, the model predicts v ~ eps - x0,
+Notation (docs/method.md): sigma s in [0, 1], x_s = (1 - s) x0 + s eps, the model predicts v ~ eps - x0,
 timestep t = 1000 s. One rollout loop serves inference (`ARDragPipeline`), Self-Rollout training (gradient at one
 step per chunk) and GRPO (one SDE step per chunk carrying a log-probability).
 """
@@ -99,7 +99,7 @@ def sde_step(
     generator: torch.Generator | None = None,
     prev_sample: torch.Tensor | None = None,
 ) -> SDEStep:
-    """Flow-GRPO SDE step with a Gaussian log-probability, in float32 (DESIGN.md formula).
+    """Flow-GRPO SDE step with a Gaussian log-probability, in float32 (formula in docs/method.md).
 
     mean = x (1 + std^2 dt / (2 s)) + v (1 + std^2 (1 - s) / (2 s)) dt, x' = mean + std sqrt(-dt) eps,
     dt = s_next - s < 0. If `prev_sample` is given it is scored instead of sampled (GRPO's ratio). log_prob is the

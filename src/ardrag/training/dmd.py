@@ -1,7 +1,7 @@
 """Distribution matching distillation (DMD) in plain torch: the generator's DMD loss, the critic's flow-matching
 loss, an optional light adversarial head on critic features, and the optional ODE-regression warm start.
 
-Notation (DESIGN.md): x_s = (1 - s) x0 + s eps, a model predicts v ~ eps - x0, x0_hat = x_s - s v, t = 1000 s.
+Notation (docs/method.md): x_s = (1 - s) x0 + s eps, a model predicts v ~ eps - x0, x0_hat = x_s - s v, t = 1000 s.
 Generator step: draw s, noise the student's sample x; real = teacher x0-prediction with guidance g, fake = critic
 x0-prediction; grad = (fake - real) / mean|x - real|; loss = 0.5 ||x - stopgrad(x - grad)||^2 (dloss/dx = grad /
 numel). Critic step: flow matching of the critic on detached student samples. Teacher and critic are

@@ -1,4 +1,4 @@
-"""GRPO over the frame-wise denoising MDP (PAPER.md Stage 2; DESIGN.md formulas), as plain torch functions.
+"""GRPO over the frame-wise denoising MDP (the paper's Stage 2; formulas in docs/method.md), as plain torch functions.
 
 Per frame (chunk) m of rollout i in a group of G rollouts sharing one condition:
   A_im = clip((R_im - mean_j R_jm) / (std_j R_jm + 1e-4), -5, 5)
@@ -17,7 +17,7 @@ from ardrag.sampling import NUM_TRAIN_TIMESTEPS, ChunkResult, Denoiser, RolloutC
 
 @dataclass
 class GRPOConfig:
-    """GRPO knobs (Flow-GRPO's ranges in DESIGN.md; the paper does not give its values)."""
+    """GRPO knobs (Flow-GRPO's ranges in docs/method.md; the paper does not give its values)."""
 
     group_size: int = 4
     """G: rollouts per condition (advantages are normalised within the group, per frame)."""
@@ -27,13 +27,13 @@ class GRPOConfig:
     """beta: weight of the KL to the frozen reference policy (the initial student)."""
     adv_clip: float = 5.0
     credit: str = "frame"
-    """What a frame's action is credited with: "frame" = that frame's reward (PAPER.md), "to_go" = the sum of its
+    """What a frame's action is credited with: "frame" = that frame's reward (the paper), "to_go" = the sum of its
     and every later frame's rewards. A frame's action shapes all later frames through the KV cache, and the
     tracker's error at frame m carries every earlier frame's drift, so the per-frame reward credits an action with
     effects of earlier actions and none of its own later ones; the reward-to-go credits it with all of its own."""
     adv_norm: str = "group"
     """How advantages are scaled after centring on the group mean (per frame): "group" = divided by the group's
-    std at that frame (PAPER.md, Flow-GRPO); "batch" = divided by one std of the centred rewards over the whole
+    std at that frame (the paper, Flow-GRPO); "batch" = divided by one std of the centred rewards over the whole
     batch, so a frame whose G rollouts differ only at the reward's measurement noise (early frames: std ~0.001,
     sub-pixel tracker jitter) gets a proportionally small advantage instead of a full +-1."""
     inner_updates: int = 2

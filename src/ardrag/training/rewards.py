@@ -1,4 +1,4 @@
-"""Per-frame rewards of generated videos (PAPER.md: R = R_quality + R_motion), pluggable, weighted in the config.
+"""Per-frame rewards of generated videos (the paper: R = R_quality + R_motion), pluggable, weighted in the config.
 
 Every reward maps (videos uint8 (N, T, H, W, 3), target tracks (N, T, K, 2) px, target visibility (N, T, K)) to
 per-video-frame rewards (N, T) where the value at frame t depends only on frames <= t (the tracker runs forward

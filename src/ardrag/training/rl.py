@@ -1,4 +1,4 @@
-"""RL stage: GRPO over the frame-wise denoising MDP with one SDE step per frame (PAPER.md Stage 2).
+"""RL stage: GRPO over the frame-wise denoising MDP with one SDE step per frame (the paper's Stage 2).
 
 Per training step, for each of the batch's B conditions: G rollouts of the current policy with Self-Rollout
 (every frame fully denoised and cached from the policy's own output, exactly as at inference), where per frame

@@ -19,7 +19,7 @@ from ardrag.sampling import ChunkResult, Denoiser, RolloutConfig, backward_exit_
 
 
 def sample_exit_steps(n_chunks: int, n_steps: int, generator: torch.Generator | None = None) -> list[int]:
-    """One exit step per chunk, uniform over the N denoising steps (PAPER.md: 'for each frame m, sample a step n')."""
+    """One exit step per chunk, uniform over the N denoising steps (the paper: 'for each frame m, sample a step n')."""
     return torch.randint(0, n_steps, (n_chunks,), generator=generator).tolist()
 
 

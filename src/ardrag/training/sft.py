@@ -1,7 +1,7 @@
 """SFT stage: distil the bidirectional teacher into the causal few-step student with DMD and Self-Rollout.
 
 Student, critic (fake score) and teacher (real score) all start as copies of the teacher export's transformer.
-Per training step (PAPER.md, DESIGN.md):
+Per training step (the paper; formulas in docs/method.md):
   - every `generator_every` steps, the generator step: per chunk an exit step n_m is drawn; the student rolls out
     frame by frame from noise with its own KV cache (`cache_update`: full_denoise = Self-Rollout); the DMD loss
     of its exit x0-predictions is backpropagated with the bounded-memory route (one chunk's graph at a time);
@@ -68,7 +68,7 @@ class StudentConfig:
     True: one checkpointed teacher-forcing pass, gradient also through the context frames' K/V (costs a forward
     and backward over 2F frames)."""
     exit_step: str = "per_chunk"
-    """How exit steps are drawn: 'per_chunk' (each chunk its own n_m, as PAPER.md's Self-Rollout reads) or
+    """How exit steps are drawn: 'per_chunk' (each chunk its own n_m, as the paper's Self-Rollout reads) or
     'per_video' (one n for every chunk of a video, Self-Forcing's same step across blocks)."""
     dmd_sample: str = "exit"
     """What DMD scores: 'exit' (the chunks' exit x0-predictions spliced together) or 'final' (the frames the rollout

@@ -1,4 +1,4 @@
-"""Teacher stage: flow-matching fine-tune of the bidirectional, motion-conditioned model (PAPER.md, Stage 1).
+"""Teacher stage: flow-matching fine-tune of the bidirectional, motion-conditioned model (the paper's Stage 1).
 
 L = E ||v_theta(x_s, s, c) - (eps - x0)||^2 with x_s = (1 - s) x0 + s eps, s drawn uniformly and warped by the
 Wan/SD3 shift; the conditions c are the trajectory latents, the reference latent (+ mask) and the text. Text and
