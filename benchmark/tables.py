@@ -29,6 +29,7 @@ COLUMNS: list[tuple[str, str, int]] = [
     ("objmc_flow", "ObjMC-flow (px)", 2),
     ("coverage_flow", "Coverage-flow", 3),
     ("objmc_flow_penalised", "ObjMC-flow penalised (px)", 2),
+    ("residue", "Origin residue", 3),
 ]
 
 

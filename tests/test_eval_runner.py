@@ -242,7 +242,7 @@ def test_shipped_configs_parse(path):
     cfg = ev.load_config(path)
     assert len(cfg["seeds"]) >= 3 and cfg["out_dir"] == f"results/{cfg['suite']['name']}"
     assert ev.output_dir(cfg) == f"runs/eval/{cfg['suite']['name']}/results"  # git-ignored by default
-    assert all(set(m["tables"]) <= {"table1", "table2"} for m in cfg["methods"])
+    assert all(set(m["tables"]) <= {"table1", "table2", "steps"} for m in cfg["methods"])
 
 
 def test_code_fingerprint_changes_with_the_metric_source(tmp_path, monkeypatch):

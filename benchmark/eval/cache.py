@@ -48,6 +48,7 @@ PER_VIDEO_CODE = (
     "ardrag.tracking",
     "benchmark.metrics.motion",
     "benchmark.metrics.smoothness",
+    "benchmark.metrics.residue",
     "benchmark.metrics.aesthetic",
     "ardrag.aesthetic",
 )
@@ -91,5 +92,7 @@ def code_fingerprint(modules: tuple[str, ...]) -> str:
 
 def _per_video_metric_config(metrics: dict[str, Any]) -> dict[str, Any]:
     cfg = {k: metrics[k] for k in ("objmc", "objmc_flow", "report_size", "smoothness", "aesthetic")}
+    if metrics.get("residue"):  # only when on, so caches made without it stay valid for the other metrics
+        cfg["residue"] = True
     cfg["code"] = code_fingerprint(PER_VIDEO_CODE)
     return cfg

@@ -14,12 +14,15 @@ DEFAULT_METRICS: dict[str, Any] = {
     "objmc_min_coverage": 0.5,
     "report_size": None,
     "smoothness": True,
+    "residue": True,
     "aesthetic": {"clip": None, "head": None, "frame_stride": 4},
     "fid": {"enabled": True},
     "fvd": {"enabled": True},
     "latency": {"enabled": True, "items": 2, "warmup": 1, "repeats": 3, "device": "cpu"},
 }
 MIN_SEEDS = 3
+TABLES = {"table1": "Table 1: methods", "table2": "Table 2: ablations", "steps": "Denoising steps per frame"}
+"""The tables a method row may ask for, with their titles ('steps': one checkpoint sampled with 1, 2 and 3 steps)."""
 
 
 class ConfigError(ValueError):
@@ -78,9 +81,9 @@ def normalise_config(cfg: dict[str, Any]) -> dict[str, Any]:
             )
         row = {"name": m.get("name", m["spec"]), "spec": m["spec"], "tables": m.get("tables", ["table1"])}
         row["options"] = m.get("options", {}) or {}
-        bad = set(row["tables"]) - {"table1", "table2"}
+        bad = set(row["tables"]) - set(TABLES)
         if bad:
-            raise ConfigError(f"methods[{i}].tables: unknown {sorted(bad)}; use table1 and/or table2")
+            raise ConfigError(f"methods[{i}].tables: unknown {sorted(bad)}; use any of {list(TABLES)}")
         if row["name"] in names:
             raise ConfigError(f"methods: duplicate name {row['name']!r}")
         names.add(row["name"])

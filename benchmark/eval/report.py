@@ -14,8 +14,10 @@ from ardrag.hardware import provenance
 from ardrag.video import atomic_write_bytes
 from benchmark import tables
 from benchmark.eval.cache import _write_json
+from benchmark.eval.config import TABLES
 from benchmark.metrics.latency import hardware_string
 from benchmark.metrics.motion import finalize_objmc
+from benchmark.metrics.residue import ResidueParams, residue_rate
 
 
 class Outputs:
@@ -35,6 +37,9 @@ class Outputs:
                 per_seed[f"objmc_{inst}"].append(fin["objmc"])
                 per_seed[f"coverage_{inst}"].append(fin["coverage"])
                 per_seed[f"objmc_{inst}_penalised"].append(fin["objmc_penalised"])
+            parts = [v["residue"] for v in vals if "residue" in v]
+            if parts:  # pooled over the suite's qualifying (point, frame) pairs
+                per_seed["residue"].append(residue_rate({k: sum(p[k] for p in parts) for k in parts[0]}))
             for k in ("smoothness", "aesthetic"):
                 xs = [v[k] for v in vals if v.get(k) is not None]
                 if xs:
@@ -62,7 +67,7 @@ class Outputs:
         size = items[0]["size"]
         report = tuple(self.metrics["report_size"] or size)
         frames = items[0]["num_frames"]
-        table_rows: dict[str, list[dict[str, Any]]] = {"table1": [], "table2": []}
+        table_rows: dict[str, list[dict[str, Any]]] = {k: [] for k in TABLES}
         walltime = []
         for r in rows:
             method = methods[r["name"]]
@@ -99,6 +104,10 @@ class Outputs:
             "last position. Lower is better. This replaces the paper's reward-model 'motion consistency'. "
             f"ObjMC is NA when any seed's coverage is below {self.metrics.get('objmc_min_coverage') or 0:g} "
             "(too few tracked points to stand for the rest); the penalised column is still given.",
+            f"Origin residue: the fraction of (target point, frame) pairs, the target over "
+            f"{ResidueParams().min_move:g} x min(H, W) from its start, where the generated frame still shows its "
+            f"frame-0 patch at the start (mean absolute difference <= {ResidueParams().threshold:g} levels); a "
+            "copy left behind by a drag. Lower is better; ground truth ~0, a static video 1.",
             "Motion smoothness (flow-interp): VBench's formula with DIS optical-flow interpolation instead "
             "of AMT; not comparable to VBench numbers.",
             "Latency TTFF: time to the first decoded frame, warm-up excluded; interval over timing runs. "
@@ -127,7 +136,7 @@ class Outputs:
             if any(r.get("small_n_warning") for r in found):
                 line += "; small-N warning: fewer samples than feature dimensions, biased upward at this N"
             notes.append(line + ".")
-        for key, title in (("table1", "Table 1: methods"), ("table2", "Table 2: ablations")):
+        for key, title in TABLES.items():
             if table_rows[key]:
                 tables.write_metric_table(str(out / key), table_rows[key], title, notes)
             else:  # no row asks for this table: no file (an old one would describe another run)

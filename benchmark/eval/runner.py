@@ -28,6 +28,7 @@ from benchmark.methods import Method, MissingVideo, build_method, folder_fingerp
 from benchmark.metrics.aesthetic import aesthetic_score, load_aesthetic
 from benchmark.metrics.latency import hardware_string, measure_latency
 from benchmark.metrics.motion import motion_sums
+from benchmark.metrics.residue import residue_sums
 from benchmark.metrics.smoothness import motion_smoothness
 from benchmark.suites import Suite, SuiteConfig
 
@@ -49,6 +50,10 @@ def per_video_metrics(
             t0 = time.perf_counter()
             out[name] = motion_sums(video, item["tracks"], item["visible"], instrument, item["size"], report)
             out["timing"][name] = time.perf_counter() - t0
+    if metrics.get("residue"):
+        t0 = time.perf_counter()
+        out["residue"] = residue_sums(video, item["tracks"], item["visible"], track_size=item["size"])
+        out["timing"]["residue"] = time.perf_counter() - t0
     if metrics["smoothness"]:
         t0 = time.perf_counter()
         out["smoothness"] = motion_smoothness(video)["value"]
