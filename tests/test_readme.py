@@ -1,6 +1,7 @@
-"""The README's commands run as written: the Generate block and the Python API snippet are executed (in a
-scratch folder, from a fresh shell with only the venv on PATH), and every flag the README passes to an
-``ardrag-*`` command exists in that command's ``--help``."""
+"""The README's and docs' commands run as written: the README's Generate block and Python API snippet are executed
+(in a scratch folder, from a fresh shell with only the venv on PATH), every flag the README or a page of docs/
+passes to an ``ardrag-*`` command exists in that command's ``--help``, and every repository path and relative
+link they name exists."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 BIN = Path(sys.executable).parent
+# the README and every page of docs/, by path relative to the repository root
+PAGES = {
+    p.relative_to(ROOT).as_posix(): p.read_text()
+    for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+}
 
 
 def _section(title: str) -> str:
@@ -68,9 +74,10 @@ def test_generate_section_and_python_snippet_run_as_written(tmp_path):
 
 
 def _commands() -> dict[str, set[str]]:
-    """Flags given to each ardrag-* command in the README's bash blocks (ardrag-fit aside: LightningCLI)."""
+    """Flags given to each ardrag-* command in the bash blocks of the README and docs/ (ardrag-fit aside:
+    LightningCLI)."""
     flags: dict[str, set[str]] = {}
-    for block in _blocks(README, "bash"):
+    for block in (b for text in PAGES.values() for b in _blocks(text, "bash")):
         for line in block.replace("\\\n", " ").splitlines():
             for cmd, rest in re.findall(r"(ardrag-[a-z]+)\s+([^;#|&]*)", line):
                 if cmd != "ardrag-fit":
@@ -85,7 +92,40 @@ def test_readme_flags_exist(cmd):
         [str(BIN / cmd), "--help"], capture_output=True, text=True, timeout=120, check=True
     ).stdout
     known = set(re.findall(r"--[a-z][a-z0-9_-]*", out))
-    assert _commands()[cmd] <= known, f"{cmd}: README flags not in --help: {_commands()[cmd] - known}"
+    assert _commands()[cmd] <= known, f"{cmd}: README/docs flags not in --help: {_commands()[cmd] - known}"
+
+
+_REPO_PATH = re.compile(
+    r"(?<![\w./-])((?:configs|scripts|results|docs|tests|src|benchmark|datamodules)/[\w./-]*[\w/])"
+)
+
+
+def _named_paths(text: str) -> set[str]:
+    """Repository paths a page names (templates with braces, globs or placeholders left out), and its relative
+    links."""
+    paths = {p for p in _REPO_PATH.findall(text) if not re.search(r"[{*<]|NNN|XXX", p)}
+    links = {m for m in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text) if "://" not in m}
+    return paths | {f"link:{m}" for m in links}
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_named_paths_exist(page):
+    base = (ROOT / page).parent
+
+    def exists(p: str) -> bool:
+        path = (base / p[5:]) if p.startswith("link:") else ROOT / p
+        # "results/toy/long_horizon.*" names a file stem: one file of that stem is enough
+        return path.exists() or any(path.parent.glob(path.name + ".*"))
+
+    missing = sorted(p for p in _named_paths(PAGES[page]) if not exists(p))
+    assert not missing, f"{page} names paths that do not exist: {missing}"
+
+
+def test_docs_point_nowhere_outside_the_repository():
+    # a user has the repository only: docs/ carries what it needs (the README joins this check once rewritten)
+    for page, text in PAGES.items():
+        if page.startswith("docs/"):
+            assert not re.search(r"DESIGN\.md|PAPER\.md|\.\./shared", text), page
 
 
 def test_top_level_package_names_belong_to_ardrag_only():
