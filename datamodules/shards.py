@@ -1,4 +1,4 @@
-"""WebDataset shards in the DESIGN.md sample schema: encode, write (atomically), read back, count corrupt samples.
+"""WebDataset shards in the sample schema (docs/method.md): encode, write (atomically), read back, count corrupt samples.
 
 One sample (key without dots):
     KEY.mp4          the clip, uint8 RGB frames encoded as MP4
@@ -117,7 +117,7 @@ def encode_sample(
     meta: Mapping[str, Any],
     mp4: bytes | None = None,
 ) -> dict[str, Any]:
-    """Build one WebDataset sample dict (``__key__`` plus byte fields) in the DESIGN.md schema.
+    """Build one WebDataset sample dict (``__key__`` plus byte fields) in the sample schema (docs/method.md).
 
     Args:
         key: sample key, no dots.
