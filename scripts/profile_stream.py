@@ -32,18 +32,8 @@ from ardrag.conditioning import video_to_uint8
 from ardrag.hardware import cpu_name, provenance
 from ardrag.sampling import Denoiser, iter_rollout
 from ardrag.streaming import StreamEngine
-from ardrag.video import atomic_write_bytes, read_image
-
-STATIC = Path(__file__).resolve().parents[1] / "src/ardrag/demo/static/images"
-
-
-def demo_inputs(frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """The demo's first bundled toy image and two fixed drags (64 x 64 pixels)."""
-    image = read_image(STATIC / "toy-0.png")
-    h, w = image.shape[:2]
-    a = np.linspace([0.3 * w, 0.3 * h], [0.7 * w, 0.65 * h], frames)
-    b = np.linspace([0.65 * w, 0.2 * h], [0.2 * w, 0.8 * h], frames)
-    return image, np.stack([a, b], axis=1).astype(np.float32)
+from ardrag.video import atomic_write_bytes
+from benchmark.metrics.latency import toy_stream_inputs
 
 
 def sampler_stream(pipe: ARDragPipeline, image, tracks, seed: int):
@@ -86,7 +76,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     pipe = ARDragPipeline.from_pretrained(args.checkpoint)
-    image, tracks = demo_inputs(args.frames)
+    image, tracks = toy_stream_inputs(args.frames)
     variants = {
         "sampler": lambda: sampler_stream(pipe, image, tracks, args.seed),
         "engine": lambda: engine_stream(pipe, image, tracks, args.seed, False, False),
