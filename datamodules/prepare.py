@@ -1,3 +1,4 @@
+# Over 500 lines: one command's whole path (read, cut, resample, track, select, write, report), top down.
 """``ardrag-prepare VIDEOS_DIR --out SHARDS_DIR``: turn a folder of real videos into training shards with tracks.
 
 Per video: read it with OpenCV (any format OpenCV opens), resample to the target frame rate, resize and

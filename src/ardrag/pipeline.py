@@ -1,3 +1,4 @@
+# Over 500 lines: ARDragPipeline is one class (load, condition, call, stream, save) that users read whole.
 """`ARDragPipeline`: image + trajectories (+ prompt) -> video, frame by frame, without Lightning.
 
 An exported pipeline folder holds `transformer/` (diffusers `save_pretrained`: config.json + safetensors) and

@@ -1,3 +1,4 @@
+# Over 500 lines: one rollout loop serves inference, Self-Rollout and GRPO; its steps sit beside it.
 """Flow-matching schedule, ODE/SDE steps and the frame-wise autoregressive rollout.
 
 Notation (docs/method.md): sigma s in [0, 1], x_s = (1 - s) x0 + s eps, the model predicts v ~ eps - x0,

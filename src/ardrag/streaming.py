@@ -1,3 +1,4 @@
+# Over 500 lines: both engines share the per-stream constants and the ring-buffer cache built here.
 """Inference engines: the frame-wise rollout and the bidirectional sampler with per-stream constants precomputed,
 a preallocated ring-buffer KV cache and optionally `torch.compile`d blocks.
 
