@@ -113,18 +113,22 @@ def test_rescoring_in_one_teacher_forcing_pass_equals_the_rollout_log_probs(chun
     assert st["clip_frac"] == 0
 
 
-def test_last_step_sde_would_leave_noise_in_the_clean_frame():
-    """With an exact velocity, an SDE step leaves std a*sqrt(s/(1-s))*sqrt(-dt) of fresh noise; at the last of the
-    paper's three steps (s = 0.522 -> 0) nothing removes it (std ~ 0.6 in a clean frame), at earlier steps the
-    following ODE steps carry it to the data at a level the Flow-GRPO SDE keeps on the marginal."""
+def test_every_step_may_be_the_stochastic_one_and_the_last_leaves_a_bounded_noise():
+    """Flow-GRPO's step at the last of the paper's three steps (s = 0.522 -> 0) would leave noise of std ~0.59 in the
+    clean frame; with `last_step_std` the last step is a Gaussian of that std around the clean frame, so every step,
+    the last included, can be the trained action."""
     sig = FlowSchedule().sigmas().tolist()
     x0 = torch.zeros(1, 4, 1, 32, 32)
     eps = torch.randn(1, 4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     s = sig[-2]
     x = (1 - s) * x0 + s * eps
-    out = sde_step(x, eps - x0, s, 0.0, 0.7, generator=torch.Generator().manual_seed(1))
-    assert 0.5 < float(out.sample.std()) < 0.7  # the clean frame would be noise of std ~ 0.59
-    assert GRPOConfig().sde_choices(3) == 2  # so the RL stage picks the SDE step among the first two only
+    out = sde_step(x, eps - x0, s, 0.0, 0.7, torch.Generator().manual_seed(1), last_step_std=0.02)
+    assert float(out.sample.std()) < 0.021  # not ~0.59
+    cfg = GRPOConfig()
+    assert cfg.sde_choices(3) == 3 and cfg.sde_type == "cps"
+    assert GRPOConfig(exclude_last_step=True).sde_choices(3) == 2
+    with pytest.raises(ValueError, match="last_step_std"):
+        GRPOConfig(last_step_std=0.0)
 
 
 def _sprite_video(path: np.ndarray, size: int = 48) -> np.ndarray:

@@ -51,7 +51,7 @@ def test_ode_step_is_exact_on_a_straight_flow_path():
     assert torch.allclose(x, x0, atol=1e-6)
 
 
-@pytest.mark.parametrize("sigma,sigma_next", [(1.0, 0.755), (0.755, 0.522), (0.522, 0.0)])
+@pytest.mark.parametrize("sigma,sigma_next", [(1.0, 0.755), (0.755, 0.522), (0.522, 0.1)])
 def test_sde_log_prob_matches_torch_normal(sigma, sigma_next):
     g = torch.Generator().manual_seed(0)
     x, v = torch.randn(3, 4, 2, 5, 5, generator=g), torch.randn(3, 4, 2, 5, 5, generator=g)
@@ -131,7 +131,7 @@ def test_rollout_marks_one_sde_step_and_one_gradient_step_per_frame():
     den = Denoiser(model, conds)
     noise = torch.randn(1, 12, 4, 4, 4)
     sde, grad = [0, 2, 1, -1], [1, 1, 0, 2]
-    chunks = list(iter_rollout(den, noise, RolloutConfig(), sde_steps=sde, grad_steps=grad))
+    chunks = list(iter_rollout(den, noise, RolloutConfig(last_step_std=0.02), sde_steps=sde, grad_steps=grad))
     assert [c.sde_step for c in chunks] == sde and [c.grad_step for c in chunks] == grad
     assert all(torch.isfinite(c.log_prob).all() for c in chunks[:3]) and chunks[3].log_prob is None
     assert all(not c.clean.requires_grad for c in chunks)  # the cache holds detached self-generated frames
@@ -209,3 +209,37 @@ def _enclosing_def(tree, target) -> str | None:
         if isinstance(node, ast.FunctionDef) and any(n is target for n in ast.walk(node)):
             return node.name
     return None
+
+
+@pytest.mark.parametrize("sde_type", ["flow_grpo", "cps"])
+def test_sde_step_to_sigma_zero_keeps_exactly_last_step_std_of_noise(sde_type):
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 1, 32, 32, generator=g), torch.randn(2, 4, 1, 32, 32, generator=g)
+    s = 0.522
+    x = (1 - s) * x0 + s * eps
+    with pytest.raises(ValueError, match="last_step_std"):
+        sde_step(x, eps - x0, s, 0.0, 0.7, sde_type=sde_type)
+    out = sde_step(x, eps - x0, s, 0.0, 0.7, g, sde_type=sde_type, last_step_std=0.02)
+    torch.testing.assert_close(out.mean, x0, atol=1e-5, rtol=0)  # the deterministic step: the clean frame
+    assert abs(float((out.sample - x0).std()) - 0.02) < 0.001 and float(out.std) == pytest.approx(0.02)
+    ref = torch.distributions.Normal(out.mean, 0.02).log_prob(out.sample).mean(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(out.log_prob, ref, atol=1e-4, rtol=1e-5)
+
+
+def test_cps_step_stays_on_the_deterministic_marginal_and_flow_grpo_does_not():
+    """Exact velocity, x_s = (1 - s) x0 + s eps: after a CPS step (x' - (1 - s') x0) / s' is unit noise for any noise
+    level; Flow-GRPO's step widens it with the paper's coarse steps (the rollouts leave the deployed sampler's
+    path)."""
+    g = torch.Generator().manual_seed(0)
+    shape = (4, 4, 1, 64, 64)
+    x0, eps = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    sig = FlowSchedule().sigmas().tolist()  # 1, 0.755, 0.522, 0
+    for s, s_next in zip(sig[:2], sig[1:3]):
+        x = (1 - s) * x0 + s * eps
+        for a in (0.3, 0.7, 1.0):
+            cps = sde_step(x, eps - x0, s, s_next, a, g, sde_type="cps")
+            z = (cps.sample - (1 - s_next) * x0) / s_next
+            assert abs(float(z.std()) - 1.0) < 0.01 and abs(float(z.mean())) < 0.01
+            assert float(cps.std) == pytest.approx(s_next * math.sin(a * math.pi / 2))
+        fg = sde_step(x, eps - x0, s, s_next, 0.7, g)
+        assert float(((fg.sample - (1 - s_next) * x0) / s_next).std()) > 1.1

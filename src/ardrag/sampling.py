@@ -91,6 +91,9 @@ def sde_noise_rate(sigma: float, sigma_next: float, noise_level: float) -> float
     return noise_level * math.sqrt(sigma / (1.0 - denom_sigma))
 
 
+SDE_TYPES = ("flow_grpo", "cps")
+
+
 def sde_step(
     x: torch.Tensor,
     v: torch.Tensor,
@@ -99,20 +102,41 @@ def sde_step(
     noise_level: float = 0.7,
     generator: torch.Generator | None = None,
     prev_sample: torch.Tensor | None = None,
+    sde_type: str = "flow_grpo",
+    last_step_std: float = 0.0,
 ) -> SDEStep:
-    """Flow-GRPO SDE step with a Gaussian log-probability, in float32 (formula in docs/method.md).
+    """A stochastic step with a Gaussian log-probability, in float32 (formulas in docs/method.md).
 
-    mean = x (1 + std^2 dt / (2 s)) + v (1 + std^2 (1 - s) / (2 s)) dt, x' = mean + std sqrt(-dt) eps,
-    dt = s_next - s < 0. If `prev_sample` is given it is scored instead of sampled (GRPO's ratio). log_prob is the
-    Gaussian log density averaged over all non-batch elements (Flow-GRPO's reduction), shape (B,).
+    'flow_grpo' (Flow-GRPO): mean = x (1 + std^2 dt / (2 s)) + v (1 + std^2 (1 - s) / (2 s)) dt, step std
+    std sqrt(-dt), std = a sqrt(s / (1 - s)), dt = s_next - s < 0.
+    'cps' (coefficients-preserving, Flow-CPS): with x0 = x - s v and eps = x + (1 - s) v, step std
+    s_next sin(a pi / 2) and mean = (1 - s_next) x0 + sqrt(s_next^2 - std^2) eps: the sample stays of the form
+    (1 - s_next) x0 + s_next * (unit noise), the deterministic path's marginal, whatever a.
+    A step to s_next = 0 (a frame's last) has step std `last_step_std` instead (both forms: the mean is then the
+    deterministic step, x0), the noise the clean frame keeps; 0 makes such a step deterministic (not allowed).
+    x' = mean + step std * eps. If `prev_sample` is given it is scored instead of sampled (GRPO's ratio). log_prob
+    is the Gaussian log density averaged over all non-batch elements (Flow-GRPO's reduction), shape (B,).
     """
     if not sigma > sigma_next >= 0:
         raise ValueError(f"need sigma > sigma_next >= 0, got {sigma}, {sigma_next}")
+    if sde_type not in SDE_TYPES:
+        raise ValueError(f"sde_type must be one of {SDE_TYPES}, got {sde_type!r}")
     x32, v32 = x.float(), v.float()
     dt = sigma_next - sigma
-    std = sde_noise_rate(sigma, sigma_next, noise_level)
-    mean = x32 * (1 + std**2 * dt / (2 * sigma)) + v32 * (1 + std**2 * (1 - sigma) / (2 * sigma)) * dt
-    scale = std * math.sqrt(-dt)
+    if sigma_next == 0:
+        if not last_step_std > 0:
+            raise ValueError(
+                "a stochastic step to sigma 0 needs last_step_std > 0 (or exclude the last step)"
+            )
+        mean, scale = x32 - sigma * v32, last_step_std
+    elif sde_type == "cps":
+        scale = sigma_next * math.sin(noise_level * math.pi / 2)
+        x0, eps_hat = x32 - sigma * v32, x32 + (1 - sigma) * v32
+        mean = (1 - sigma_next) * x0 + math.sqrt(max(sigma_next**2 - scale**2, 0.0)) * eps_hat
+    else:
+        std = sde_noise_rate(sigma, sigma_next, noise_level)
+        mean = x32 * (1 + std**2 * dt / (2 * sigma)) + v32 * (1 + std**2 * (1 - sigma) / (2 * sigma)) * dt
+        scale = std * math.sqrt(-dt)
     if prev_sample is None:
         eps = randn(x.shape, generator, x.device)
         prev_sample = mean + scale * eps
@@ -279,7 +303,11 @@ class RolloutConfig:
     inference), 'exit_prediction' (Self-Forcing: the x0-prediction at the exit step, later steps skipped) or
     'ground_truth' (teacher forcing: the data latents). The exit step of chunk m is grad_steps[m] (else the last)."""
     noise_level: float = 0.7
-    """SDE noise level a (Flow-GRPO) for the selected stochastic step."""
+    """SDE noise level a for the selected stochastic step (see `sde_step`)."""
+    sde_type: str = "flow_grpo"
+    """The stochastic step's form: 'flow_grpo' or 'cps' (see `sde_step`)."""
+    last_step_std: float = 0.0
+    """Step std of a stochastic step to sigma 0 (the noise the clean frame keeps); 0: such a step is refused."""
     guidance_scale: float = 1.0
     use_kv_cache: bool = True
     """False: recompute the context with the masked full-sequence forward at every step (reference mode)."""
@@ -390,7 +418,9 @@ def iter_rollout(
                 if n == last and cfg.cache_update != "full_denoise":
                     x_next = x - s * v  # the exit x0-prediction (equals the Euler step to 0 at the last step)
                 elif sde_steps is not None and sde_steps[m] == n:
-                    out = sde_step(x, v, s, s_next, cfg.noise_level, generator=generator)
+                    out = sde_step(
+                        x, v, s, s_next, cfg.noise_level, generator, None, cfg.sde_type, cfg.last_step_std
+                    )
                     res.sde_step, res.log_prob, res.sde_prev = n, out.log_prob, x.detach()
                     res.sde_sample, res.sde_mean = out.sample.detach(), out.mean
                     x_next = out.sample

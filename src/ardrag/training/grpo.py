@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ardrag.sampling import NUM_TRAIN_TIMESTEPS, ChunkResult, Denoiser, RolloutConfig, sde_kl, sde_step
+from ardrag.sampling import (
+    NUM_TRAIN_TIMESTEPS,
+    SDE_TYPES,
+    ChunkResult,
+    Denoiser,
+    RolloutConfig,
+    sde_kl,
+    sde_step,
+)
 
 
 @dataclass
@@ -40,14 +48,27 @@ class GRPOConfig:
     """Optimizer steps on each batch of rollouts (the first is exactly on-policy: ratio 1, nothing clipped)."""
     noise_level: float = 0.7
     """a: the SDE step's noise level."""
+    sde_type: str = "cps"
+    """The stochastic step's form (`ardrag.sampling.sde_step`): 'cps' keeps the sample on the deterministic
+    sampler's marginal (what the deployed student sees); 'flow_grpo' (Flow-GRPO's) adds noise the ODE marginal
+    does not have, which with three coarse steps lowers the motion reward of the rollouts it trains on
+    (results/training/rl_sde.md)."""
+    last_step_std: float = 0.02
+    """Step std of the stochastic step when it is a frame's last (to sigma 0): the noise the clean frame keeps
+    (results/training/rl_sde.md measures its cost)."""
     shared_noise: bool = False
     """Start the G rollouts of a condition from the SAME initial noise, so the differences within a group come from
     the SDE steps alone: those are what the advantages credit (different initial noise adds reward differences no
     action caused, i.e. gradient noise). DanceGRPO shares initial noise within a group for the same reason."""
-    exclude_last_step: bool = True
-    """Never make the last denoising step the stochastic one: nothing after it removes its noise, so with three
-    coarse steps an exact velocity would leave noise std a * sqrt(s/(1-s)) * sqrt(s) ~ 0.59 in the clean frame,
-    which then enters the cache and the video (tests/test_grpo.py measures it)."""
+    exclude_last_step: bool = False
+    """Never make the last denoising step the stochastic one (it is then never trained). With three steps that is
+    the step s = 0.522 -> 0, a third of the chain; `last_step_std` bounds the noise it leaves instead."""
+
+    def __post_init__(self) -> None:
+        if self.sde_type not in SDE_TYPES:
+            raise ValueError(f"grpo.sde_type must be one of {SDE_TYPES}, got {self.sde_type!r}")
+        if not self.exclude_last_step and not self.last_step_std > 0:
+            raise ValueError("grpo.last_step_std must be > 0 when the last step may be stochastic")
 
     def sde_choices(self, n_steps: int) -> int:
         """How many steps (0..k-1) may be the stochastic one."""
@@ -117,6 +138,7 @@ class Rollout:
     sigma_next: torch.Tensor
     old_log_prob: torch.Tensor
     chunk_starts: list[int]
+    sde_steps: list[int]
 
 
 def collect(chunks: list[ChunkResult], cfg: RolloutConfig) -> Rollout:
@@ -137,11 +159,12 @@ def collect(chunks: list[ChunkResult], cfg: RolloutConfig) -> Rollout:
         sigma_next=torch.tensor(s_next),
         old_log_prob=torch.stack([ch.log_prob for ch in chunks], dim=1).float(),
         chunk_starts=[ch.start for ch in chunks],
+        sde_steps=[ch.sde_step for ch in chunks],
     )
 
 
 def rescore(
-    denoiser: Denoiser, ro: Rollout, cfg: RolloutConfig, noise_level: float
+    denoiser: Denoiser, ro: Rollout, cfg: RolloutConfig, noise_level: float | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[float]]:
     """Log-probs (N, M) of every chunk's stored action under `denoiser`, from ONE teacher-forcing forward:
     [clean self-generated frames | noisy states at their SDE steps] with per-frame timesteps.
@@ -157,7 +180,14 @@ def rescore(
         a, b = bounds[m], bounds[m + 1]
         s, s_next = float(ro.sigma[a]), float(ro.sigma_next[a])
         out = sde_step(
-            ro.state[:, :, a:b], v[:, :, a:b], s, s_next, noise_level, prev_sample=ro.action[:, :, a:b]
+            ro.state[:, :, a:b],
+            v[:, :, a:b],
+            s,
+            s_next,
+            cfg.noise_level if noise_level is None else noise_level,
+            prev_sample=ro.action[:, :, a:b],
+            sde_type=cfg.sde_type,
+            last_step_std=cfg.last_step_std,
         )
         logps.append(out.log_prob)
         means.append(out.mean)

@@ -139,7 +139,11 @@ class RLModule(StageModule):
             add_lora(self.policy, self.lora)
         self.attach_pipeline(pipe)
         self.rollout_cfg = dataclasses.replace(
-            pipe.config.rollout(), noise_level=self.grpo.noise_level, cache_update="full_denoise"
+            pipe.config.rollout(),
+            noise_level=self.grpo.noise_level,
+            sde_type=self.grpo.sde_type,
+            last_step_std=self.grpo.last_step_std,
+            cache_update="full_denoise",
         )
 
     # the frozen reference is re-read from `init`, never stored in checkpoints
@@ -249,6 +253,8 @@ class RLModule(StageModule):
                 "train/ratio_max": stats["ratio_max"],
                 "train/grad_norm": gn.detach(),
                 "train/adv_std": adv.std(),
+                **{f"train/adv_abs/frame{m}": a for m, a in enumerate(adv.abs().mean(0))},
+                "train/sde_step_mean": torch.tensor(float(np.mean(ro.sde_steps))),
                 "train/reward/total": torch.tensor(float(rew["total"].mean())),
                 "train/reward/motion": torch.tensor(float(rew["motion"].mean())),
                 "train/reward/quality": torch.tensor(float(rew["quality"].mean())),
