@@ -159,10 +159,9 @@ class _Prepared:
     image_size: tuple[int, int]  # (W, H) of the caller's coordinate frame
     generator: torch.Generator  # continues after the noise draw: context noise (context_timestep > 0)
     reference: torch.Tensor  # (1, 3, H, W) in [-1, 1] at the model's size: drag updates recondition with it
-    tracks: (
-        torch.Tensor
-    )  # (1, T', N, 2) model pixels: lazy conditions (conditions.cond None) are built from them
+    tracks: torch.Tensor  # (1, T', N, 2) model pixels: lazy conditions (conditions.cond None) come from them
     visible: torch.Tensor  # (1, T', N) bool
+    cond_block: tuple | None = None  # lazy conditions built ahead: (tracks, start, stop, channels)
 
 
 class ARDragPipeline:
@@ -358,11 +357,20 @@ class ARDragPipeline:
         noise = randn((1, self.codec.latent_channels, f, h, w), g, self.device)
         return _Prepared(Conditions(ctx, cond, neg_ctx), noise, t, size, g, ref_t, tr, vis)
 
+    COND_BLOCK = 8
+    """Latent frames whose lazy conditions are built together after the first chunk (each call also builds frame 0
+    and one frame per drag: `Conditioner.frames`); the first chunk's are built alone, for the first frame."""
+
     def _cond_frames(self, prep: _Prepared, start: int, stop: int) -> torch.Tensor:
         """Condition channels of latent frames [start, stop) (from `prep.conditions.cond` when computed)."""
         if prep.conditions.cond is not None:
             return prep.conditions.cond[:, :, start:stop]
-        return self.conditioner.frames(prep.reference, prep.tracks, prep.visible, start, stop)
+        blk = prep.cond_block
+        if blk is None or blk[0] is not prep.tracks or not blk[1] <= start < stop <= blk[2]:
+            end = stop if start == 0 else min(max(stop, start + self.COND_BLOCK), prep.tracks.shape[1])
+            chans = self.conditioner.frames(prep.reference, prep.tracks, prep.visible, start, end)
+            blk = prep.cond_block = (prep.tracks, start, end, chans)
+        return blk[3][:, :, start - blk[1] : stop - blk[1]]
 
     def _use_engine(self, use_kv_cache: bool = True) -> bool:
         return self.fast and use_kv_cache and fast_path_supported(self.transformer) is None
