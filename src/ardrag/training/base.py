@@ -39,8 +39,25 @@ def make_ema(module: torch.nn.Module, decay: float) -> AveragedModel | None:
     """EMA copy of `module` (None when decay is 0); update with `.update_parameters(module)`."""
     if decay <= 0:
         return None
-    ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema = AveragedModel(module, multi_avg_fn=_ema_update(decay), use_buffers=True)
     return ema.requires_grad_(False)
+
+
+def _ema_update(decay: float):
+    """torch's EMA update, applied separately to sharded parameters (DTensors under FSDP) and plain tensors (the
+    buffers), which one foreach call cannot mix; unsharded, exactly torch's single call."""
+    ema_fn = get_ema_multi_avg_fn(decay)
+
+    def update(ema_list: list, current_list: list, num_averaged: torch.Tensor) -> None:
+        sharded = [hasattr(t, "full_tensor") for t in ema_list]
+        if all(sharded) or not any(sharded):
+            ema_fn(ema_list, current_list, num_averaged)
+            return
+        for want in (True, False):
+            idx = [i for i, s in enumerate(sharded) if s == want]
+            ema_fn([ema_list[i] for i in idx], [current_list[i] for i in idx], num_averaged)
+
+    return update
 
 
 class StageModule(pl.LightningModule):
@@ -130,12 +147,21 @@ class StageModule(pl.LightningModule):
 
     @torch.no_grad()
     def conditions(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Conditions]:
-        """Batch -> data latents x0 (B, C, F, h, w) and the backbone's conditions (with the negative prompt)."""
+        """Batch -> data latents x0 (B, C, F, h, w) and the backbone's conditions (with the negative prompt).
+
+        A batch with precomputed clip latents and prompt embeddings (`ardrag-prepare --encode`, checked against
+        this stage's encoders by `ardrag.precomputed`) uses them instead of encoding the clip and prompts; the
+        drags (trajectory latents) and the reference latent are always encoded here."""
+        from ardrag.precomputed import precomputed_inputs
+
         video = batch["video"].to(self.device)
-        x0 = self.codec.encode(video)
+        stored = precomputed_inputs(batch, self.codec, self.text_encoder, self.device)
+        x0 = self.codec.encode(video) if stored is None else stored[0]
         cond = self.conditioner(
             video[:, :, 0], batch["tracks"].to(self.device), batch["visible"].to(self.device)
         )
+        if stored is not None:
+            return x0, Conditions(stored[1], cond, stored[2])
         neg = batch.get("negative_prompt") or [""] * video.shape[0]
         ctx = self.text_encoder.encode(list(batch["prompt"]))
         return x0, Conditions(ctx.to(self.device), cond, self.text_encoder.encode(list(neg)).to(self.device))

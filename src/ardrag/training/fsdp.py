@@ -34,6 +34,10 @@ class PerBlockFSDP(ModelParallelStrategy):
         reduce_dtype: dtype of the gradient reduce-scatter (None: param_dtype).
         reshard_after_forward: free each block's gathered parameters after its forward (ZeRO-3); False keeps
             them until backward (ZeRO-2 memory, fewer all-gathers).
+        data_parallel_size: processes that split the batch ("auto": all of them).
+        tensor_parallel_size: 1 (the stages have no tensor-parallel plan).
+        save_distributed_checkpoint: False: one full checkpoint file (loads on one device, `ardrag-export --ckpt`
+            reads it); True: a folder of per-rank shards.
         **kwargs: ModelParallelStrategy's (e.g. process_group_backend, timeout).
     """
 
@@ -43,22 +47,28 @@ class PerBlockFSDP(ModelParallelStrategy):
         param_dtype: str | None = None,
         reduce_dtype: str | None = None,
         reshard_after_forward: bool = True,
+        data_parallel_size: int | str = "auto",
+        tensor_parallel_size: int | str = 1,
+        save_distributed_checkpoint: bool = False,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("save_distributed_checkpoint", False)
-        kwargs.setdefault("tensor_parallel_size", 1)
-        kwargs.setdefault("data_parallel_size", "auto")
-        super().__init__(**kwargs)
+        super().__init__(
+            data_parallel_size=data_parallel_size,
+            tensor_parallel_size=tensor_parallel_size,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
         self.activation_checkpointing = activation_checkpointing
         self.param_dtype = _dtype(param_dtype)
         self.reduce_dtype = _dtype(reduce_dtype)
         self.reshard_after_forward = reshard_after_forward
 
     def setup_environment(self) -> None:
-        if (
-            self._data_parallel_size == "auto"
-        ):  # every process holds a shard (Lightning's "auto" is the node count)
-            self._data_parallel_size = self.num_processes * self.num_nodes
+        # data parallel over every process (Lightning's "auto" would be the node count, tensor parallel the rest)
+        if self._tensor_parallel_size == "auto":
+            self._tensor_parallel_size = 1
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = self.num_processes * self.num_nodes // self._tensor_parallel_size
         super().setup_environment()
 
 
@@ -98,6 +108,11 @@ def shard_stage(
 
     if is_sharded(stage):
         return []
+    if any("lora_" in name for name, _ in stage.named_parameters()):
+        raise ValueError(
+            "LoRA adapters (model.init_args.lora.rank > 0) are not sharded by PerBlockFSDP (their export folds them "
+            "into a copy of the unsharded model): use the ddp overlay, or a full fine-tune (lora.rank 0)"
+        )
     kw: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     if param_dtype is not None:
         kw["mp_policy"] = MixedPrecisionPolicy(
