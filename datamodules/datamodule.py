@@ -137,6 +137,11 @@ class ClipProcessor:
 
         ``rng``: the generator of the crop and track choice (step-indexed training passes the batch's);
         default: a per-sample generator (see ``_rng``).
+
+        A sample with precomputed latents and prompt embeddings (``ardrag-prepare --encode``) passes them on
+        ("latents", "text", "negative_text", "encoded") when the clip is used whole: crop from frame 0 keeping
+        every frame, no resize. Otherwise they do not describe the cropped clip and are dropped (the stage
+        encodes the clip itself).
         """
         s = decode_sample(raw)
         key, video, tracks, visible = s["key"], s["video"], s["tracks"], s["visible"]
@@ -150,12 +155,14 @@ class ClipProcessor:
         if starts.size == 0:
             raise SampleError("no_tracks", "no track is visible on any usable start frame")
         start = int(rng.choice(starts)) if self.train else int(starts[0])
+        whole = start == 0 and f == t_len
         video, tracks, visible = (
             video[start : start + f],
             tracks[start : start + f],
             visible[start : start + f],
         )
         if self.size is not None and video.shape[1:3] != self.size:
+            whole = False
             h, w = self.size
             sy, sx = h / video.shape[1], w / video.shape[2]
             interp = cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR
@@ -170,7 +177,7 @@ class ClipProcessor:
         out_tracks[:, : idx.size] = tracks[:, idx]
         out_visible[:, : idx.size] = visible[:, idx]
         meta = s["meta"]
-        return {
+        out = {
             "key": key,
             "video": video,
             "tracks": out_tracks,
@@ -178,10 +185,14 @@ class ClipProcessor:
             "prompt": str(meta.get("prompt", "")),
             "negative_prompt": str(meta.get("negative_prompt", "")),
         }
+        if whole and "latents" in s:
+            out.update(latents=s["latents"], text=s["text"], negative_text=s["negative_text"])
+            out["encoded"] = meta["encoded"]
+        return out
 
     def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         video = torch.from_numpy(np.stack([it["video"] for it in items]))  # (B, T, H, W, 3) uint8
-        return {
+        batch = {
             "video": video.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0),
             "tracks": torch.from_numpy(np.stack([it["tracks"] for it in items])),
             "visible": torch.from_numpy(np.stack([it["visible"] for it in items])),
@@ -190,6 +201,16 @@ class ClipProcessor:
             "key": [it["key"] for it in items],
             "_skips": (self._token, dict(self.stats.counts)),
         }
+        # Precomputed latents only when every sample has them (a mixed batch is encoded on the fly).
+        if all("latents" in it for it in items):
+            from ardrag.precomputed import pad_text
+
+            length = max(int(it["encoded"]["text_length"]) for it in items)
+            batch["latents"] = torch.from_numpy(np.stack([it["latents"] for it in items]))
+            batch["text"] = pad_text([it["text"] for it in items], length)
+            batch["negative_text"] = pad_text([it["negative_text"] for it in items], length)
+            batch["encoded"] = [it["encoded"] for it in items]
+        return batch
 
     def __call__(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """A webdataset pipeline stage: raw samples in, batches out (samples grouped by clip size)."""

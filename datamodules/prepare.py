@@ -11,6 +11,11 @@ that the resampling dropped put back in between (see ``select_points``), keep tr
 store the ones that move (spread over the frame) plus a few static ones. The prompt comes from a sidecar
 ``VIDEO.txt`` when present.
 
+With ``--encode PIPELINE_CONFIG`` each clip's codec latents and its prompts' embeddings are stored too
+(``KEY.latents.npy``, ``KEY.text.npy``, ``KEY.negative_text.npy``; see ``ardrag.precomputed``), so training
+skips encoding them; a clip the codec cannot encode as it is (a Wan VAE needs 1 + 4k frames) is stored without
+them and the report says so.
+
 Unreadable or too-short videos are skipped and listed in the report, never fatal. The report
 (``prepare_report.jsonl``, one line per video) is written as shards complete, so a re-run skips finished
 videos and redoes only those whose shard was not finished.
@@ -100,6 +105,11 @@ class PrepareConfig:
     default_prompt: str = ""
     """Prompt when a video has no sidecar .txt."""
     seed: int = 0
+    encode: str | None = None
+    """Pipeline config JSON (configs/pipeline/): store each clip's latents under its codec and its prompts'
+    embeddings under its text encoder (``ardrag.precomputed``); None: store the clip and tracks only."""
+    encode_device: str = "cpu"
+    """Device the encoders run on with ``encode`` (e.g. cuda)."""
 
     def __post_init__(self):
         self.buckets = [tuple(int(v) for v in b) for b in self.buckets]
@@ -433,6 +443,7 @@ def prepare_videos(
         report.flush()
         os.fsync(report.fileno())
 
+    encoders = _load_encoders(cfg) if cfg.encode else None
     pending: dict[str, dict] = {}  # video -> its record, waiting for its clips' shards to be finished
     key_owner: dict[str, str] = {}
 
@@ -489,7 +500,20 @@ def prepare_videos(
                         "src_fps": info["src_fps"],
                         "track_kind": kinds,
                     }
+                    arrays = None
+                    if encoders is not None:
+                        arrays, why = _encode(encoders, stored, prompt, cfg.negative_prompt)
+                        if arrays is None:
+                            rec["reasons"].append(f"clip {c}: stored without latents: {why}")
+                        else:
+                            meta["encoded"] = {
+                                **encoders["probes"],
+                                "text_length": encoders["text_length"],
+                                "latent_shape": list(arrays["latents.npy"].shape),
+                            }
                     sample = encode_sample(_key_for(rel, c), stored, tracks, visible, meta, mp4=mp4)
+                    if arrays is not None:
+                        sample.update({k: _npy(v) for k, v in arrays.items()})
                     samples.append(sample)
                     rec["tracks"] += len(kinds)
                     rec["clip_frames"].append(len(clip))
@@ -525,6 +549,54 @@ def prepare_videos(
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
     _write_markdown(out, cfg)
     return summary
+
+
+def _load_encoders(cfg: PrepareConfig) -> dict[str, Any]:
+    """The codec and text encoder of the pipeline config ``cfg.encode``, their probes and the text length."""
+    import torch
+
+    from ardrag.codecs import build_codec
+    from ardrag.pipeline import PipelineConfig
+    from ardrag.precomputed import encoder_probes
+    from ardrag.text import build_text_encoder
+
+    path = Path(cfg.encode)
+    if not path.is_file():
+        raise FileNotFoundError(f"--encode: pipeline config {path} does not exist (see configs/pipeline/)")
+    try:
+        pcfg = PipelineConfig.from_dict(json.loads(path.read_text()))
+    except ValueError as e:
+        raise ValueError(f"--encode: {path} is not a pipeline config: {e}") from None
+    dev = torch.device(cfg.encode_device)
+    codec = build_codec(pcfg.codec).eval().to(dev)
+    text = build_text_encoder(pcfg.text_encoder).eval().to(dev)
+    with torch.no_grad():
+        length = int(text.encode([""]).shape[1])
+    return {"codec": codec, "text": text, "probes": encoder_probes(codec, text), "text_length": length}
+
+
+def _encode(
+    encoders: dict[str, Any], video: np.ndarray, prompt: str, negative: str
+) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The clip's precomputed arrays, or None and why the codec cannot encode it."""
+    from ardrag.precomputed import encode_clip
+
+    codec = encoders["codec"]
+    t, h, w = video.shape[:3]
+    try:
+        codec.num_latent_frames(t)
+        codec.check_size(h, w)
+    except ValueError as e:
+        return None, str(e)
+    return encode_clip(codec, encoders["text"], video, prompt, negative), ""
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
 
 
 def _write_markdown(out: Path, cfg: PrepareConfig) -> None:
@@ -607,6 +679,13 @@ def main(argv: list[str] | None = None) -> int:
         help="largest upscaling allowed to fill a bucket (default 2; smaller videos "
         "are skipped and the report says which value admits each)",
     )
+    ap.add_argument(
+        "--encode",
+        metavar="PIPELINE_CONFIG",
+        help="also store each clip's codec latents and prompt embeddings under this pipeline config's "
+        "encoders (KEY.latents.npy, KEY.text.npy, KEY.negative_text.npy), so training skips encoding them",
+    )
+    ap.add_argument("--encode-device", help="device of the encoders with --encode (default cpu)")
     ap.add_argument("--retry-skipped", action="store_true", help="retry videos a previous run skipped")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -623,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_tracks",
             "samples_per_shard",
             "max_upscale",
+            "encode",
+            "encode_device",
         ):
             if getattr(args, name) is not None:
                 kw[name] = getattr(args, name)

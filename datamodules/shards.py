@@ -6,6 +6,12 @@ One sample (key without dots):
     KEY.visible.npy  bool (T, N)
     KEY.json         {"prompt", "negative_prompt", "fps", "width", "height", "source", ...}
 
+With ``ardrag-prepare --encode`` (all three or none; see ``ardrag.precomputed``):
+    KEY.latents.npy        float32 (C, F, h, w), the codec's latents of the whole clip
+    KEY.text.npy           float32 (L', D), the prompt's embedding without its trailing zero rows
+    KEY.negative_text.npy  float32 (L', D), the negative prompt's
+    and KEY.json "encoded": the encoders' probes, the full text length and the latent shape
+
 A sample that cannot be decoded or violates the schema is skipped and counted in a ``SkipStats`` by reason,
 and logged; it is never fatal and never silently dropped.
 """
@@ -43,9 +49,12 @@ __all__ = [
 
 SKIP_REASONS = ("tar", "missing", "json", "video", "tracks")
 """Why a sample was skipped: unreadable tar member/shard, a missing field, bad JSON, undecodable or
-too-short video, malformed tracks/visibility arrays."""
+too-short video, malformed tracks/visibility arrays (and "latents": malformed precomputed latents or embeddings,
+counted when it occurs)."""
 
 REQUIRED_FIELDS = ("mp4", "tracks.npy", "visible.npy", "json")
+ENCODED_FIELDS = ("latents.npy", "text.npy", "negative_text.npy")
+"""Written together by ``ardrag-prepare --encode`` (``ardrag.precomputed``)."""
 
 
 class SampleError(ValueError):
@@ -225,7 +234,7 @@ def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
 
     Returns:
         {"key": str, "video": uint8 (T, H, W, 3), "tracks": float32 (T, N, 2), "visible": bool (T, N),
-        "meta": dict}.
+        "meta": dict}, plus "latents", "text", "negative_text" (float32 arrays) when the sample has them.
 
     Raises:
         SampleError: with ``reason`` in ``SKIP_REASONS``.
@@ -256,13 +265,40 @@ def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
         raise SampleError("video", str(e)) from None
     if video.shape[0] != tracks.shape[0]:
         raise SampleError("video", f"video has {video.shape[0]} frames, tracks have {tracks.shape[0]}")
-    return {
+    out = {
         "key": key,
         "video": video,
         "tracks": tracks.astype(np.float32, copy=False),
         "visible": visible,
         "meta": meta,
     }
+    if any(f in raw for f in ENCODED_FIELDS):
+        out.update(_decode_encoded(raw, meta))
+    return out
+
+
+def _decode_encoded(raw: Mapping[str, Any], meta: dict) -> dict[str, np.ndarray]:
+    """The precomputed latents and embeddings of a sample (``ardrag.precomputed``), checked against its JSON."""
+    missing = [f for f in ENCODED_FIELDS if f not in raw]
+    enc = meta.get("encoded")
+    if missing or not isinstance(enc, dict):
+        raise SampleError("latents", f"incomplete precomputed fields (missing {missing or 'json encoded'})")
+    arrays = {}
+    for f in ENCODED_FIELDS:
+        try:
+            arrays[f[:-4]] = np.load(io.BytesIO(raw[f]), allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt field
+            raise SampleError("latents", f"{f} is not a valid .npy ({e})") from None
+    z, t, n = arrays["latents"], arrays["text"], arrays["negative_text"]
+    if list(z.shape) != list(enc.get("latent_shape", [])) or z.dtype != np.float32:
+        raise SampleError(
+            "latents", f"latents {z.dtype} {z.shape} != json latent_shape {enc.get('latent_shape')}"
+        )
+    length = int(enc.get("text_length", 0))
+    for name, e in (("text", t), ("negative_text", n)):
+        if e.ndim != 2 or e.shape[0] > length or e.dtype != np.float32:
+            raise SampleError("latents", f"{name} must be float32 (<= {length}, D), got {e.dtype} {e.shape}")
+    return arrays
 
 
 def expand_shards(urls_or_paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
