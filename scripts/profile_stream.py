@@ -55,13 +55,53 @@ def engine_stream(pipe: ARDragPipeline, image, tracks, seed: int, fold: bool, co
         yield from video_to_uint8(decode(clean)[0])
 
 
-def timed(stream) -> tuple[list[float], np.ndarray]:
-    t0 = time.perf_counter()
+def timed(stream) -> tuple[list[float], np.ndarray, float]:
+    """Per-frame wall deltas, the frames, and the process CPU seconds of the whole stream."""
+    c0, t0 = time.process_time(), time.perf_counter()
     stamps, frames = [], []
     for fr in stream:
         stamps.append(time.perf_counter())
         frames.append(fr)
-    return list(np.diff([t0, *stamps])), np.stack(frames)
+    return list(np.diff([t0, *stamps])), np.stack(frames), time.process_time() - c0
+
+
+def pieces(pipe: ARDragPipeline, image, tracks) -> dict[str, float]:
+    """CPU ms of the per-stream and per-frame work around the transformer."""
+
+    def cpu_ms(f, n: int = 20) -> float:
+        f()
+        out = []
+        for _ in range(n):
+            c0 = time.process_time()
+            f()
+            out.append(time.process_time() - c0)
+        return float(np.median(out)) * 1e3
+
+    prep = pipe._prepare(image, tracks, None, "", None, 0, lazy=True)
+    cond = pipe.conditioner
+    z = torch.randn(
+        1,
+        pipe.codec.latent_channels,
+        1,
+        pipe.height // pipe.codec.spatial_factor,
+        pipe.width // pipe.codec.spatial_factor,
+    )
+    dec = pipe.codec.stream_decoder()
+    return {
+        "inputs, text and noise (lazy _prepare)": cpu_ms(
+            lambda: pipe._prepare(image, tracks, None, "", None, 0, True)
+        ),
+        f"conditions of all {len(tracks)} frames (before frame 0 without lazy conditions)": cpu_ms(
+            lambda: cond(prep.reference, prep.tracks, prep.visible), 5
+        ),
+        "conditions of frame 0 alone": cpu_ms(
+            lambda: cond.frames(prep.reference, prep.tracks, prep.visible, 0, 1)
+        ),
+        "conditions of a block of 8 later frames": cpu_ms(
+            lambda: cond.frames(prep.reference, prep.tracks, prep.visible, 8, 16)
+        ),
+        "decode of one latent frame + uint8": cpu_ms(lambda: video_to_uint8(dec(z)[0]), 100),
+    }
 
 
 def main() -> int:
@@ -90,12 +130,14 @@ def main() -> int:
         warm[name] = time.perf_counter() - t0
     reference = timed(variants["sampler"]())[1]
     runs = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
     loads = [os.getloadavg()[0]]
     diffs = {}
     for _ in range(args.repeats):
         for name, make in variants.items():
-            d, video = timed(make())
+            d, video, c = timed(make())
             runs[name].append(d)
+            cpu[name].append(c)
             diffs[name] = int(np.abs(video.astype(int) - reference).max())
         loads.append(os.getloadavg()[0])
     summaries = {}
@@ -117,9 +159,9 @@ def main() -> int:
         f"Variants run round-robin, {args.repeats} rounds after one warm-up each; medians. 1-minute load average "
         f"over the rounds: {min(loads):.2f} - {max(loads):.2f} (other jobs shared the CPU when above ~0.5).",
         "",
-        "| variant | TTFF (ms) | steady ms/frame (frames 1-end) | frames/s | aten calls per frame | "
-        "max uint8 diff to sampler | warm-up run (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | TTFF (ms) | steady ms/frame (frames 1-end) | frames/s | CPU ms/frame (process time) | "
+        "aten calls per frame | max uint8 diff to sampler | warm-up run (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in variants:
         r = np.array(runs[name])
@@ -127,6 +169,7 @@ def main() -> int:
         steady = np.median(r[:, 1:].mean(1)) * 1e3
         lines.append(
             f"| {name} | {ttff:.1f} | {steady:.1f} | {1e3 / steady:.1f} | "
+            f"{np.median(cpu[name]) * 1e3 / args.frames:.1f} | "
             f"{summaries[name][0] / args.frames:.0f} | {diffs[name]} | {warm[name]:.1f} |"
         )
     lines += [
@@ -141,6 +184,9 @@ def main() -> int:
             for e in top
         )
         lines.append(f"- **{name}** (ms per frame, calls per run): {cells}")
+    lines += ["", "Pieces of a frame outside the transformer (process CPU ms per call, median of 20):", ""]
+    for name, ms in pieces(pipe, image, tracks).items():
+        lines.append(f"- {name}: {ms:.2f} ms")
     text = "\n".join(lines) + "\n"
     atomic_write_bytes(args.out, text.encode())
     print(text)

@@ -131,8 +131,8 @@ def test_bidirectional_engine_equals_sample_bidirectional(guidance, inputs):
 
 @pytest.mark.slow
 def test_compiled_blocks_equal_eager_without_per_layer_recompiles(inputs):
-    """Compiled videos equal eager ones within one uint8 level; one graph per input shape (c and 2c query frames
-    for a stream, the clip for the teacher), never one per layer."""
+    """Compiled videos equal eager ones within one uint8 level; one graph per input shape (c query frames alone
+    and over the cache, 2c, for a stream; the clip for the teacher), never one per layer."""
     from torch._dynamo.utils import counters
 
     image, tracks = inputs
@@ -143,7 +143,7 @@ def test_compiled_blocks_equal_eager_without_per_layer_recompiles(inputs):
         before = counters["stats"]["unique_graphs"]
         pipe.warmup(T)
         graphs = counters["stats"]["unique_graphs"] - before
-        assert graphs <= (1 if cfg else 2), graphs
+        assert graphs <= (1 if cfg else 3), graphs
         compiled = pipe(image, tracks, seed=5)
         streamed = np.stack(list(pipe.stream(image, tracks, seed=5)))
         assert counters["stats"]["unique_graphs"] - before == graphs  # no recompile after the warm-up

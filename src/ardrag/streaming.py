@@ -14,8 +14,9 @@ They compute what `sampling.iter_rollout` (cached mode, `cache_update='full_deno
     denoising step of the next chunk: 2c query frames instead of two sequential forwards of c frames. The write
     rows see what the write forward saw; the next chunk's rows see the written frames and not the ones they evict;
   - blocks run as one function of their weights (a tuple of tensors), so `torch.compile` builds one graph per
-    shape for all layers (no per-layer recompiles); shapes per stream: c query frames (first chunk and the later
-    steps) and 2c (write + first step); a partial last chunk is padded to c frames with masked keys.
+    shape for all layers (no per-layer recompiles); shapes per stream: c query frames over their own keys (the
+    first chunk: the empty ring is not attended), c over the buffer (the later steps) and 2c (write + first step);
+    a partial last chunk is padded to c frames with masked keys.
 """
 
 from __future__ import annotations
@@ -429,6 +430,7 @@ class StreamEngine:
         heads = m.heads
         head_dim = m.model.inner_dim // heads
         b2 = 2 * b if m.guided else b
+        win_tok = cfg.causal.cache_frames * tpf
         ring = RingCache(
             len(m.weights),
             b2,
@@ -442,6 +444,8 @@ class StreamEngine:
             m.dtype,
         )
         plain_bufs, fold_bufs = ring.buffers(c), ring.buffers(2 * c)
+        # while the ring is empty (the first chunk) attention runs over the chunk's own tail slots alone
+        first_bufs = [(k[:, :, win_tok:], v[:, :, win_tok:]) for k, v in plain_bufs]
         win = cfg.causal.cache_frames
         pending = None  # (latents (B, C, c, h, w) to write, their cond tokens, cond, start)
         n_chunks = math.ceil(num_frames / c)
@@ -470,6 +474,9 @@ class StreamEngine:
             valid = ring.valid()
             tail_new = torch.tensor([i < real for i in range(c)])
             plain_mask = _token_mask([torch.cat([valid, tail_new])], tpf, x.device)
+            bufs = plain_bufs
+            if not bool(valid.any()) and pending is None:
+                bufs, plain_mask = first_bufs, None if real == c else _token_mask([tail_new], tpf, x.device)
             for n in range(n_steps):
                 if n == 0 and pending is not None:
                     px, ptok, pcond, pstart = pending
@@ -488,9 +495,9 @@ class StreamEngine:
                     ring.write(list(range(pstart, pstart + c)))
                     valid = ring.valid()
                     plain_mask = _token_mask([torch.cat([valid, tail_new])], tpf, x.device)
-                    pending = None
+                    bufs, pending = plain_bufs, None
                 else:
-                    v = m.forward(x, (ts[n],) * c, cond_tok, cond, start, plain_bufs, plain_mask, c)
+                    v = m.forward(x, (ts[n],) * c, cond_tok, cond, start, bufs, plain_mask, c)
                 x = ode_step(x, v, sig[n], sig[n + 1])
             clean = x[:, :, :real]
             cached = context_frames(clean, ctx_t, generator)
