@@ -111,11 +111,12 @@ def motion_preview(
     In frame t, track k (visible in frames 0 and t) pastes the reference disc of `radius` px around its start
     p_k(0) at p_k(t) (an anti-aliased disc; overlapping pastes average). Pixels no disc covers keep the reference,
     except, with `fill` > 0, the vacated ones: inside the disc of `fill * radius` around the start of a track that
-    has moved (more than `MOVED_PX`) by frame t and not covered in frame t by the paste of such a track, they get
-    `smooth_fill` of the reference from the pixels outside every such disc. So the dragged content no longer shows
-    at its start: the vacated disc is wider than the pasted one because a drag's points rarely cover the whole
-    object, and with `fill` only tracks that moved paste (a still track's paste would copy its neighbourhood, and
-    with it the edge of a dragged object, back in place). `return_vacated` also returns the vacated fraction
+    has been more than `MOVED_PX` from its start at some frame <= t (visible or not at t: a hidden object must not
+    reappear at its start) and not covered in frame t by the paste of such a track, they get `smooth_fill` of the
+    reference from the pixels outside every such disc. So the dragged content no longer shows at its start: the
+    vacated disc is wider than the pasted one because a drag's points rarely cover the whole object, and with
+    `fill` only tracks that have moved paste (a still track's paste would copy its neighbourhood, and with it the
+    edge of a dragged object, back in place). `return_vacated` also returns the vacated fraction
     (B, 1, T, H, W) in [0, 1] (zeros without `fill`).
     Memory O(chunk N H W) per chunk of frames (meant for toy sizes).
     """
@@ -131,24 +132,25 @@ def motion_preview(
     vacated = torch.zeros(b, 1, t, h, w, device=dev, dtype=torch.float32)
     background = reference.float()
     origin = None
-    moved_t = ok
+    pasting, left = ok, None
     if fill > 0 and n:
-        moved_t = ok & (
-            (tracks - tracks[:, :1]).norm(dim=-1) > MOVED_PX
-        )  # (B, T, N): k has left its start by t
+        # left[t, k]: drag k (visible at frame 0) has been more than MOVED_PX from its start at some frame <= t; it
+        # vacates its start from then on, also while hidden (an occluded or out-of-frame object must not reappear
+        # at its start), and pastes wherever it is visible
+        away = ok & ((tracks - tracks[:, :1]).norm(dim=-1) > MOVED_PX)
+        left = away.cummax(dim=1).values & ok[:, :1]  # (B, T, N)
+        pasting = ok & left
         p0 = tracks[:, 0]  # (B, N, 2)
         d0 = torch.sqrt((xs[:, 0] - p0[..., 0, None, None]) ** 2 + (ys[:, 0] - p0[..., 1, None, None]) ** 2)
         origin = (fill * radius + 0.5 - d0).clamp(0, 1)  # (B, N, H, W): the disc each track may vacate
-        known = 1 - (origin * moved_t.any(1)[..., None, None]).amax(
-            1
-        )  # (B, H, W): outside every vacated disc
+        known = 1 - (origin * left.any(1)[..., None, None]).amax(1)  # (B, H, W): outside every vacated disc
         background = smooth_fill(reference.float(), known[:, None], max(radius / 2, 1.0))
     for t0 in range(0, t, frames_per_chunk):
         pts = tracks[:, t0 : t0 + frames_per_chunk]  # (B, k, N, 2)
         k = pts.shape[1]
         px, py = pts[..., 0, None, None], pts[..., 1, None, None]  # (B, k, N, 1, 1)
         dist = torch.sqrt((xs - px) ** 2 + (ys - py) ** 2)
-        wgt = (radius + 0.5 - dist).clamp(0, 1) * moved_t[:, t0 : t0 + k, :, None, None]  # (B, k, N, H, W)
+        wgt = (radius + 0.5 - dist).clamp(0, 1) * pasting[:, t0 : t0 + k, :, None, None]  # (B, k, N, H, W)
         shift = pts - tracks[:, :1]  # (B, k, N, 2): source = x - (p(t) - p(0))
         gx = (xs - shift[..., 0, None, None]).expand(b, k, n, h, w)
         gy = (ys - shift[..., 1, None, None]).expand(b, k, n, h, w)
@@ -166,8 +168,8 @@ def motion_preview(
         alpha = wgt.amax(2)[:, :, None]  # (B, k, 1, H, W)
         under = reference[:, None].float()
         if origin is not None:  # vacated: the start disc of a track that has moved, where no paste covers it
-            left = (origin[:, None] * moved_t[:, t0 : t0 + k, :, None, None]).amax(2)  # (B, k, H, W)
-            vac = left[:, :, None] * (1 - alpha)  # (B, k, 1, H, W)
+            gone = (origin[:, None] * left[:, t0 : t0 + k, :, None, None]).amax(2)  # (B, k, H, W)
+            vac = gone[:, :, None] * (1 - alpha)  # (B, k, 1, H, W)
             under = (1 - vac) * under + vac * background[:, None]
             vacated[:, :, t0 : t0 + k] = vac.transpose(1, 2)
         frame = alpha * pasted + (1 - alpha) * under
@@ -373,9 +375,10 @@ class Conditioner:
         stop]` without computing the other frames (a stream conditions each frame when it starts it).
 
         With a codec of temporal factor 1, frame t's channels depend only on frame t, frame 0 (the drags' starts
-        and visibility) and whether each drag moves at all; so this runs `self` on frame 0, frames [start, stop) and
-        one more frame per drag holding it at its farthest visible position (which decides "moves"), and drops
-        the extra frames (tests/test_streaming.py checks the equality). Other codecs compute every frame.
+        and visibility), whether each drag has left its start by frame t and whether it moves at all; so this runs
+        `self` on frame 0, one frame per drag holding it where it first left its start (if before `start`),
+        frames [start, stop) and one more frame per drag at its farthest visible position (which decides "moves"),
+        and drops the extra frames (tests/test_streaming.py checks the equality). Other codecs compute every frame.
         """
         if self.codec.temporal_factor != 1:
             return self(reference, tracks, visible)[:, :, start:stop]
@@ -384,11 +387,21 @@ class Conditioner:
             torch.ones(b, t, n, dtype=torch.bool, device=tracks.device) if visible is None else visible.bool()
         )
         ok = vis & vis[:, :1]
-        far = ((tracks.float() - tracks[:, :1].float()).norm(dim=-1) * ok).argmax(1)  # (B, N)
+        dist = (tracks.float() - tracks[:, :1].float()).norm(dim=-1) * ok  # (B, T, N)
+        far = dist.argmax(1)  # (B, N)
         far_tracks = tracks.gather(1, far[:, None, :, None].expand(b, 1, n, 2))
         far_vis = vis.gather(1, far[:, None, :])
-        head = 0 if start == 0 else 1
-        sel = [] if start == 0 else [slice(0, 1)]
-        tr = torch.cat([tracks[:, s] for s in sel] + [tracks[:, start:stop], far_tracks], dim=1)
-        vv = torch.cat([vis[:, s] for s in sel] + [vis[:, start:stop], far_vis], dim=1)
-        return self(reference, tr, vv)[:, :, head:-1]
+        if start == 0:
+            tr = torch.cat([tracks[:, start:stop], far_tracks], dim=1)
+            vv = torch.cat([vis[:, start:stop], far_vis], dim=1)
+            return self(reference, tr, vv)[:, :, :-1]
+        # one frame before the window holds each drag where it first left its start, if it did before `start`
+        # (whether a drag has left by frame t decides what its start shows), else at its start
+        away = dist > MOVED_PX
+        first = torch.where(away.any(1), away.float().argmax(1), torch.full_like(far, t))  # (B, N)
+        idx = torch.where(first < start, first, torch.zeros_like(first))
+        before_tracks = tracks.gather(1, idx[:, None, :, None].expand(b, 1, n, 2))
+        before_vis = vis.gather(1, idx[:, None, :])
+        tr = torch.cat([tracks[:, :1], before_tracks, tracks[:, start:stop], far_tracks], dim=1)
+        vv = torch.cat([vis[:, :1], before_vis, vis[:, start:stop], far_vis], dim=1)
+        return self(reference, tr, vv)[:, :, 2:-1]
