@@ -36,7 +36,9 @@ class DMDConfig:
     """Knobs of the DMD losses (the numbers that define the distillation)."""
 
     real_guidance: float = 3.0
-    """Classifier-free guidance g of the teacher's (real score's) x0-prediction (Self-Forcing uses 3 for Wan)."""
+    """Classifier-free guidance g of the teacher's (real score's) x0-prediction, in the one convention of this
+    package (`ardrag.sampling.Denoiser`, diffusers, Wan): uncond + g (cond - uncond), so g = 1 is the conditional
+    prediction alone. Self-Forcing writes cond + g' (cond - uncond); its g' = 3 for Wan is g = 4 here."""
     min_sigma: float = 0.02
     """Noise levels s for the DMD and critic losses are drawn in [min_sigma, max_sigma] (away from 0 and 1)."""
     max_sigma: float = 0.98
