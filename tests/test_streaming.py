@@ -149,3 +149,19 @@ def test_compiled_blocks_equal_eager_without_per_layer_recompiles(inputs):
         assert counters["stats"]["unique_graphs"] - before == graphs  # no recompile after the warm-up
         assert np.abs(compiled.astype(int) - eager).max() <= 1
         assert np.abs(streamed.astype(int) - eager).max() <= 1
+
+
+def test_engine_constants_follow_changed_weights(inputs):
+    """The fused weights and modulations kept per model are rebuilt once a parameter changes in place."""
+    pipe = make_pipe()
+    image, tracks = inputs
+    before = pipe(image, tracks, seed=1)
+    with torch.no_grad():
+        for p in pipe.transformer.blocks[0].parameters():
+            p.mul_(1.5)
+        pipe.transformer.scale_shift_table.add_(0.3)
+    after = pipe(image, tracks, seed=1)
+    pipe.fast = False
+    reference = pipe(image, tracks, seed=1)
+    assert np.abs(after.astype(int) - reference).max() <= 1
+    assert np.abs(after.astype(int) - before).max() > 10

@@ -22,6 +22,7 @@ They compute what `sampling.iter_rollout` (cached mode, `cache_update='full_deno
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -166,6 +167,27 @@ def fast_path_supported(model: CausalWanTransformer) -> str | None:
     return None
 
 
+_CONSTANTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _model_constants(model: CausalWanTransformer) -> dict:
+    """What the engines derive from a model's weights alone (fused block weights; timestep modulations and RoPE
+    tables, filled as used), kept per model and rebuilt when any parameter or buffer changed (storage or version
+    counter): a stream's first frame does not pay for them again."""
+    key = tuple((t.data_ptr(), t._version) for t in [*model.parameters(), *model.buffers()])
+    hit = _CONSTANTS.get(model)
+    if hit is None or hit["key"] != key:
+        hit = {
+            "key": key,
+            "weights": [_block_weights(b) for b in model.blocks],
+            "temb": {},
+            "mods": {},
+            "rope": {},
+        }
+        _CONSTANTS[model] = hit
+    return hit
+
+
 class _Model:
     """The parts of a `CausalWanTransformer` forward that do not depend on the cache layout, with the per-stream
     constants precomputed: conditions (context, guidance) -> cross-attention keys/values; timesteps -> modulation."""
@@ -181,7 +203,8 @@ class _Model:
         self.eps = cfg.eps
         self.cross_norm = isinstance(model.blocks[0].norm2, torch.nn.LayerNorm)
         self.block_fn = compiled_block() if compile else _block
-        self.weights = [_block_weights(b) for b in model.blocks]
+        consts = _model_constants(model)
+        self.weights = consts["weights"]
         self.dtype = model.patch_embedding.weight.dtype
         pe = model.patch_embedding
         self.patch_w = pe.weight.detach().flatten(1)  # (D, C * ph * pw)
@@ -206,9 +229,10 @@ class _Model:
             k = a2.norm_k(a2.to_k(text)).unflatten(2, (self.heads, -1)).transpose(1, 2)
             v = a2.to_v(text).unflatten(2, (self.heads, -1)).transpose(1, 2)
             self.ctx_kv.append((k.contiguous(), v.contiguous()))
-        self._temb: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._mods: dict[tuple[float, ...], tuple[list[torch.Tensor], torch.Tensor]] = {}
-        self._rope: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        # filled on first use and kept with the model's weights (valid while they are unchanged)
+        self._temb: dict[float, tuple[torch.Tensor, torch.Tensor]] = consts["temb"]
+        self._mods: dict[tuple[float, ...], tuple[list[torch.Tensor], torch.Tensor]] = consts["mods"]
+        self._rope: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = consts["rope"]
 
     # -------------------------------------------------------------- constants
     def _timestep(self, t: float) -> tuple[torch.Tensor, torch.Tensor]:
