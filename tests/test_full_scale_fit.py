@@ -61,3 +61,26 @@ def test_full_scale_teacher_exports_at_end_of_fit_and_from_last_ckpt(wan, tmp_pa
     video = _video(end)
     assert video.shape == (9, 32, 32, 3) and video.std() > 0
     assert np.array_equal(video, _video(again))
+
+
+def test_full_scale_sft_and_rl_configs_run_to_their_exports(wan, tmp_path):
+    """configs/sft.yaml from an `ardrag-export --base` initial model (as a teacher), then configs/rl.yaml from the
+    SFT export: 2 steps each, exported as autoregressive pipelines that generate."""
+    teacher = tmp_path / "teacher"
+    base = ["--pipeline-config", str(wan / "pipeline.json"), "--base", str(wan / "transformer")]
+    assert export_main([*base, "--mode", "bidirectional", "--out", str(teacher)]) == 0
+    sft = ["--config", str(ROOT / "configs/sft.yaml"), "--config", str(wan / "overlay_sft.yaml")]
+    assert (
+        fit_main(
+            [*sft, f"--trainer.default_root_dir={tmp_path / 'sft'}", f"--model.init_args.teacher={teacher}"]
+        )
+        == 0
+    )
+    rl = ["--config", str(ROOT / "configs/rl.yaml"), "--config", str(wan / "overlay_rl.yaml")]
+    init = f"--model.init_args.init={tmp_path / 'sft' / 'export'}"
+    assert fit_main([*rl, f"--trainer.default_root_dir={tmp_path / 'rl'}", init]) == 0
+    for stage in ("sft", "rl"):
+        pipe = ARDragPipeline.from_pretrained(tmp_path / stage / "export")
+        assert pipe.config.mode == "autoregressive" and pipe.config.timesteps == [1000.0, 755.0, 522.0]
+        video = _video(pipe)
+        assert video.shape == (9, 32, 32, 3) and video.std() > 0
