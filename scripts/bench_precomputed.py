@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ardrag.hardware import git_commit
 
+    commit = git_commit()  # the code measured (before the runs: others may commit meanwhile)
     torch.manual_seed(0)
     cpu = next(
         (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(rows[-1]), flush=True)
     meta = {
         "command": "scripts/bench_precomputed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": git_commit(),
+        "commit": commit,
         "cpu": cpu,
         "torch_threads": torch.get_num_threads(),
         "load_avg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],

@@ -68,13 +68,12 @@ def _close(a: list[float], b: list[float]) -> bool:
     return float(np.abs(a_ - b_).max(initial=0.0)) <= PROBE_TOLERANCE * scale
 
 
-_checked: dict[tuple[int, int, str], None] = {}
-
-
 def check_encoders(encoded: dict[str, Any], codec: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
-    """Raise ValueError unless the shard's probes match these encoders (checked once per encoder pair and probe)."""
-    key = (id(codec), id(text_encoder), repr(encoded.get("codec_probe")) + repr(encoded.get("text_probe")))
-    if key in _checked:
+    """Raise ValueError unless the shard's probes match these encoders (checked once per encoder pair and probe:
+    the probes that passed are remembered on the codec)."""
+    checked = codec.__dict__.setdefault("_ardrag_probes_ok", set())
+    key = (id(text_encoder), repr(encoded.get("codec_probe")) + repr(encoded.get("text_probe")))
+    if key in checked:
         return
     mine = encoder_probes(codec, text_encoder)
     for name, what in (("codec_probe", "codec"), ("text_probe", "text encoder")):
@@ -84,7 +83,7 @@ def check_encoders(encoded: dict[str, Any], codec: torch.nn.Module, text_encoder
                 f"mismatch): re-run ardrag-prepare --encode with this model's pipeline config, or prepare "
                 f"without --encode"
             )
-    _checked[key] = None
+    checked.add(key)
 
 
 @torch.no_grad()
