@@ -279,8 +279,7 @@ def stream_clip(export: str, batch: dict[str, Any], tiny: bool) -> dict[str, Any
 
     pipe = ARDragPipeline.from_pretrained(export)
     if torch.cuda.is_available() and not tiny:
-        pipe = pipe.to("cuda")
-        pipe.transformer.to(torch.bfloat16)
+        pipe = pipe.to("cuda")  # float32 weights, bf16 compute under autocast
     image = video_to_uint8(batch["video"][0])[0]
     tracks = batch["tracks"][0].numpy().astype(np.float32)
     _reset_peak()
