@@ -240,7 +240,7 @@ def write_report(results: dict, path: Path, names: list[str], seconds: float) ->
         "",
         f"`.venv/bin/python scripts/check_multiprocess.py` at commit {commit.strip()} on {os.cpu_count()} cores of "
         f"{cpu}, gloo, float32, OMP_NUM_THREADS=1 per process (load average at the start "
-        f"{results.get('_load', '?')}: wall times are of a shared CPU). Total {seconds / 60:.1f} min. The script's "
+        f"{results.get('_load', '?')}: wall times are of a shared CPU). This invocation: {seconds / 60:.1f} min. The script's "
         "docstring says what each check does; seeds are the configs' (seed_everything 0).",
         "",
         "Columns: *export*: fit to step S (an export), `--ckpt_path last` resume to 2S (an export), one-process "
@@ -279,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         "the teacher/SFT single-process exports of an earlier run in --out)",
     )
     p.add_argument("--report", default=str(ROOT / "results" / "training" / "multiprocess.md"))
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other configs' results from the report's .json (re-run only --only's configs)",
+    )
     a = p.parse_args(argv)
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -286,7 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     configs = prepare(out)
     names = [n for n in configs if not a.only or n in a.only.split(",")]
     results: dict = {"_load": open("/proc/loadavg").read().split()[0]}
-    for name in names:
+    previous = Path(a.report).with_suffix(".json")
+    if a.merge and previous.exists():
+        old = json.loads(previous.read_text())
+        results = {**{k: v for k, v in old.items() if k.split("|")[0] not in names}, **results}
+        results["_load"] = f"{old.get('_load', '?')}, re-run of {', '.join(names)}: {results['_load']}"
+        names = [n for n in configs if n in names or any(k.startswith(n + "|") for k in old)]
+    todo = [n for n in configs if not a.only or n in a.only.split(",")]
+    for name in todo:
         check(name, configs[name], out, results)
         write_report(results, Path(a.report), names, time.perf_counter() - t0)
         print(

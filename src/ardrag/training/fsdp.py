@@ -14,6 +14,7 @@ every parameter's gradient is reduced across ranks. Activation checkpointing rec
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,6 +71,28 @@ class PerBlockFSDP(ModelParallelStrategy):
         if self._data_parallel_size == "auto":
             self._data_parallel_size = self.num_processes * self.num_nodes // self._tensor_parallel_size
         super().setup_environment()
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's full-checkpoint loading, which checks each parameter of the model against the file, except
+        the stage's frozen submodules (`StageModule.frozen_modules`: re-read from their export, never saved); every
+        other key the module saves must be in the file."""
+        module = self.lightning_module
+        frozen = tuple(getattr(module, "frozen_modules", ()))
+        path = Path(self.broadcast(checkpoint_path))
+        if not frozen or not path.is_file():
+            return super().load_checkpoint(path, weights_only)
+        saved = torch.load(path, mmap=True, map_location="cpu", weights_only=True)["state_dict"]
+        missing = [
+            k for k in module.state_dict() if k not in saved
+        ]  # the frozen ones are left out by the module
+        if missing:
+            raise KeyError(f"checkpoint {path} lacks {len(missing)} keys of the model, e.g. {missing[0]!r}")
+        strict = module.strict_loading
+        module.strict_loading = False
+        try:
+            return super().load_checkpoint(path, weights_only)
+        finally:
+            module.strict_loading = strict
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
