@@ -16,7 +16,7 @@ no loader workers. Per config:
     resume from last.ckpt to step 2S (RL: S = 2 optimizer steps = 1 batch), each ending in an export; then in ONE
     process `ardrag-export --ckpt last.ckpt` and both exports generate a video from the same image, drags and seed;
   - FSDP against DDP (both 2 processes, the same data and noise): the logged losses and the exported weights at
-    steps S and 2S, max relative difference (max |a - b| / max |a| per tensor).
+    steps S and 2S, relative difference ||a - b|| / ||a|| over all weights.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ STRATEGIES = {
     "ddp": ["--config", "configs/trainer/ddp.yaml", "--trainer.accelerator=cpu", "--trainer.devices=2"],
     "fsdp": ["--config", "configs/trainer/fsdp_cpu.yaml"],
 }
+COMMIT = ""
+"""--commit: the commit a copy of the repository (e.g. `git archive`, no .git) was taken at."""
 TIMEOUT = 1200  # seconds per command: a hang fails the cell instead of the run
 
 
@@ -129,10 +131,17 @@ def fit(args: list[str], root: Path, steps: int, log: Path, *extra: str) -> tupl
     return run([*cmd, f"--trainer.max_steps={steps}", *extra], log)
 
 
-def losses(root: Path) -> dict[int, float]:
+def losses(root: Path, tag: str = "train/loss") -> dict[int, float]:
     from ardrag.training.tblog import read_run_scalars
 
-    return read_run_scalars(root)[0].get("train/loss", {})
+    return read_run_scalars(root)[0].get(tag, {})
+
+
+def step0_tag(name: str) -> str:
+    """The scalar compared at step 0 with the single-process run: the loss, except for RL, whose logged loss
+    averages inner updates made after the first (rank-averaged) gradient step: there the first rollouts' mean
+    reward, computed before any update."""
+    return "train/reward/total" if name.endswith("rl") else "train/loss"
 
 
 def weights(export: Path) -> dict:
@@ -142,9 +151,22 @@ def weights(export: Path) -> dict:
 
 
 def max_rel(a: dict, b: dict) -> float:
+    """Relative difference of two weight sets: ||a - b|| / ||a|| over all tensors."""
     if a.keys() != b.keys():
         return float("inf")
-    return max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) for k in a)
+    num = sum(float((a[k].double() - b[k].double()).square().sum()) for k in a)
+    den = sum(float(a[k].double().square().sum()) for k in a)
+    return (num / max(den, 1e-300)) ** 0.5
+
+
+def worst_tensor(a: dict, b: dict) -> list:
+    """[name, max |a - b| / max |a| of that tensor, max |a|] for the tensor where that ratio is largest."""
+    rows = [
+        (float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)), k, float(a[k].abs().max()))
+        for k in a
+    ]
+    r, k, m = max(rows)
+    return [k, r, m]
 
 
 def loss_rel(a: dict[int, float], b: dict[int, float]) -> float:
@@ -182,7 +204,7 @@ def check(name: str, args: list[str], out: Path, results: dict) -> None:
         "--data.init_args.rank=0",
         "--data.init_args.world_size=2",
     )
-    ref = losses(one) if ok else {}
+    ref = losses(one, step0_tag(name)) if ok else {}
     results[f"{name}|one"] = {"ok": ok, "wall": wall, "losses": ref}
     for strat, sargs in STRATEGIES.items():
         root = base / strat
@@ -207,7 +229,8 @@ def check(name: str, args: list[str], out: Path, results: dict) -> None:
         if r["ok"]:
             got = losses(root)
             r["losses"] = got
-            r["step0_vs_one"] = abs(got[0] - ref[0]) / abs(ref[0]) if ref and 0 in got else float("inf")
+            got0 = losses(root, step0_tag(name))
+            r["step0_vs_one"] = abs(got0[0] - ref[0]) / abs(ref[0]) if ref and 0 in got0 else float("inf")
             r["ckpt_export_weights"] = max_rel(weights(root / "export"), weights(root / "export_from_ckpt"))
             r["video_diff"] = int(
                 np.abs(video(root / "export").astype(int) - video(root / "export_from_ckpt")).max()
@@ -221,10 +244,15 @@ def check(name: str, args: list[str], out: Path, results: dict) -> None:
             max_rel(weights(dr / f"export_step{s1}"), weights(fr / f"export_step{s1}")),
             max_rel(weights(dr / "export"), weights(fr / "export")),
         )
+        f["worst_tensor_vs_ddp"] = worst_tensor(weights(dr / "export"), weights(fr / "export"))
 
 
 def fmt(x: float | None, spec: str = ".1e") -> str:
     return "-" if x is None else format(x, spec)
+
+
+def worst(w: list | None) -> str:
+    return "-" if not w else f"{w[0]}: {w[1]:.1e} (max {w[2]:.1e})"
 
 
 def write_report(results: dict, path: Path, names: list[str], seconds: float) -> None:
@@ -232,9 +260,12 @@ def write_report(results: dict, path: Path, names: list[str], seconds: float) ->
         (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
         "unknown CPU",
     )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout
+    commit = (
+        COMMIT
+        or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout
+    )
     lines = [
         "# Stage configs on 2 processes: DDP and per-block FSDP, to checkpoint, resume and export",
         "",
@@ -246,13 +277,18 @@ def write_report(results: dict, path: Path, names: list[str], seconds: float) ->
         "Columns: *export*: fit to step S (an export), `--ckpt_path last` resume to 2S (an export), one-process "
         "`ardrag-export --ckpt last.ckpt` all succeeded; *wall*: those three commands; *step 0 vs 1 process*: "
         "relative difference of rank 0's step-0 loss and the single-process run's (rank-0 data, same noise); "
-        "*loss / weights vs DDP*: FSDP's logged losses (every step) and exported weights (steps S and 2S) against "
-        "the DDP run's, max relative difference; *ckpt export*: weights of the end-of-fit export (gathered by the "
-        "2 processes) vs the one-process export of last.ckpt, max relative difference; *video*: max |difference| "
-        "in uint8 levels of the videos those two exports generate (same image, drags, seed) in one process.",
+        "(RL: the first rollouts' mean reward, before any update); *loss vs DDP*: FSDP's logged losses, every step, "
+        "max relative difference to the DDP run's; *weights vs DDP*: ||a - b|| / ||a|| over all exported weights "
+        "(steps S and 2S, the larger); *worst tensor*: the tensor with the largest max|a - b| / max|a| at step 2S, "
+        "that ratio and its max|a| (zero-initialised tensors, ~1e-5 after a few steps, move by Adam's normalised "
+        "steps, where rounding-level gradient differences flip signs); *ckpt export*: the end-of-fit export "
+        "(gathered by the 2 processes) vs the one-process export of last.ckpt, ||a - b|| / ||a||; *video*: max "
+        "|difference| in uint8 levels of the videos those two exports generate (same image, drags, seed) in one "
+        "process.",
         "",
-        "| config | strategy | export | wall s | step 0 vs 1 process | loss vs DDP | weights vs DDP | ckpt export | video |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| config | strategy | export | wall s | step 0 vs 1 process | loss vs DDP | weights vs DDP | worst tensor "
+        "| ckpt export | video |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         for strat in STRATEGIES:
@@ -260,6 +296,7 @@ def write_report(results: dict, path: Path, names: list[str], seconds: float) ->
             lines.append(
                 f"| {name} | {strat} | {'yes' if r.get('ok') else 'NO'} | {r.get('wall', 0):.0f} | "
                 f"{fmt(r.get('step0_vs_one'))} | {fmt(r.get('loss_vs_ddp'))} | {fmt(r.get('weights_vs_ddp'))} | "
+                f"{worst(r.get('worst_tensor_vs_ddp'))} | "
                 f"{fmt(r.get('ckpt_export_weights'))} | {r.get('video_diff', '-')} |"
             )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the other configs' results from the report's .json (re-run only --only's configs)",
     )
+    p.add_argument("--commit", default="", help="commit of this copy of the repository, when it has no .git")
     a = p.parse_args(argv)
+    global COMMIT
+    COMMIT = a.commit
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
