@@ -113,5 +113,9 @@ def test_every_stage_config_reaches_its_export_under_ddp_and_fsdp(tmp_path):
             assert r["ok"], (name, strategy)  # fit, resume and both exports without a crash or a hang
             assert float(r["step0_vs_one"]) <= 1e-4, (name, strategy)
             assert float(r["ckpt_export_weights"]) == 0 and r["video_diff"] == 0, (name, strategy)
-        f = results[f"{name}|fsdp"]
-        assert float(f["loss_vs_ddp"]) <= 1e-4 and float(f["weights_vs_ddp"]) <= 1e-4, name
+        d, f = results[f"{name}|ddp"], results[f"{name}|fsdp"]
+        assert float(f["weights_vs_ddp"]) <= 1e-4, name  # ||a - b|| / ||a|| of the exported weights
+        la, lb = d["losses"], f["losses"]
+        assert la.keys() == lb.keys()
+        for s in la:  # relative, or absolute for losses near 0 (RL's policy loss is ~1e-5)
+            assert abs(la[s] - lb[s]) <= 1e-4 * max(abs(la[s]), 1e-2), (name, s)
