@@ -14,7 +14,7 @@ Protocol (what every figure below obeys):
     image, two fixed drags) and seed.
 FLOPs are counted once per model on the training-side sampler (useful work: attention over the visible keys only)
 with torch's FlopCounterMode; GFLOP/s = FLOPs / median seconds, against this CPU's fp32 matmul rate measured
-here on the same threads (2048^3 matmul, median of 5).
+here on the same threads right after the timed rounds (2048^3 matmul, median of 5).
 
     python scripts/bench_latency.py --frames 64 --repeats 5 --out results/latency
 writes results/latency/frame_latency.{md,csv,png} and meta.json.
@@ -128,7 +128,6 @@ def main() -> None:
     image, tracks = toy_stream_inputs(max(args.frames, args.clip_frames))
     s_tracks, t_tracks = tracks[: args.frames], tracks[: args.clip_frames]
 
-    peak = matmul_peak()
     students, teachers, warm = {}, {}, {}
     for v in variants:
         students[v] = ARDragPipeline.from_pretrained(args.student)
@@ -156,6 +155,7 @@ def main() -> None:
                     f"teacher {clips[v][-1]:.2f} s"
                 )
     load1 = os.getloadavg()[0]
+    peak = matmul_peak()  # right after the rounds, under the load they ran with
 
     n = args.frames
     e0, e1, l0, l1 = 1, min(9, n), max(1, n - 8), n
