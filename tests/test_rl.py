@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-import yaml
 from test_fit import ROOT, scalars, small_toy
 
 from ardrag import ARDragPipeline
@@ -165,67 +164,6 @@ class _FixedBatches(pl.LightningDataModule):
 
     def val_dataloader(self):
         return [self.batch]
-
-
-def test_grpo_raises_the_motion_reward_of_the_committed_student(tmp_path):
-    """A short run on the MOTION reward: from the committed toy SFT student (it already moves sprites), GRPO
-    with configs/toy/rl.yaml's settings (lr 1e-4 instead of 3e-5, so fewer batches do) on two fixed toy conditions
-    raises the motion reward that the deployed sampler earns on them, as the RewardProbe callback measures it (fixed
-    noise seeds, so the change is the policy's)."""
-    from ardrag.training.callbacks import RewardProbe
-    from ardrag.training.grpo import GRPOConfig
-    from ardrag.training.rewards import RewardConfig
-    from ardrag.training.rl import RLModule, RLOptim
-    from datamodules import ARDragDataModule
-    from datamodules.toy_world import write_toy_world
-
-    cfg = yaml.safe_load((ROOT / "configs/toy/rl.yaml").read_text())
-    args = cfg["model"]["init_args"]
-    data = tmp_path / "toy"  # the committed toy world's first two validation clips (same seed and settings)
-    write_toy_world(data, num_train=0, num_val=2, num_test=0, seed=0, progress=False)
-    dm = ARDragDataModule(
-        train_shards=str(data / "val"),
-        val_shards=str(data / "val"),
-        batch_size=2,
-        num_workers=0,
-        num_frames=9,
-        max_tracks=3,
-        seed=0,
-    )
-    dm.setup("fit")
-    batch = next(iter(dm.val_dataloader()))
-    batches = 4  # of 2 conditions x G = 4 rollouts
-    # max_steps counts optimizer steps: inner_updates per batch
-    module = RLModule(
-        init=str(ROOT / args["init"]),
-        grpo=GRPOConfig(**args["grpo"]),
-        reward=RewardConfig(**args["reward"]),
-        optim=RLOptim(**{**args["optim"], "lr": 1e-4}),
-        seed=0,
-    )
-    steps = batches * module.grpo.inner_updates
-    probe = RewardProbe(every_n_steps=4, num_conditions=2, seeds=(0, 1, 2, 3))
-    logger = pl.loggers.TensorBoardLogger(tmp_path, name="run")
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        max_steps=steps,
-        logger=logger,
-        callbacks=[probe],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(module, datamodule=_FixedBatches(batch, batches))
-    probes = scalars(tmp_path / "run")["val/reward/motion"]
-    assert sorted(probes) == list(range(0, steps + 1, 4))
-    before, mid, after = probes[0], probes[steps // 2], probes[steps]
-    # seeded run, measured on an AMD EPYC: 0.859 -> 0.889 (2 batches) -> 0.892 (4 batches); with the config's lr 3e-5
-    # instead of 1e-4: 0.859 -> 0.886 after 6 batches. The margin is a third of the measured rise. A flipped advantage
-    # sign makes it fall; zero advantages or a broken ratio leave it where it was (the probe's noise is fixed)
-    assert mid > before and after > before + 0.01, (before, mid, after)
 
 
 def test_full_scale_rl_config_refuses_cleanly_without_a_student(tmp_path, capsys):

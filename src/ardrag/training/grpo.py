@@ -56,10 +56,13 @@ class GRPOConfig:
     last_step_std: float = 0.02
     """Step std of the stochastic step when it is a frame's last (to sigma 0): the noise the clean frame keeps
     (results/training/rl_sde.md measures its cost)."""
-    shared_noise: bool = False
+    shared_noise: bool = True
     """Start the G rollouts of a condition from the SAME initial noise, so the differences within a group come from
     the SDE steps alone: those are what the advantages credit (different initial noise adds reward differences no
-    action caused, i.e. gradient noise). DanceGRPO shares initial noise within a group for the same reason."""
+    action caused, i.e. gradient noise). DanceGRPO shares initial noise within a group for the same reason. With
+    the last step trainable it is needed: a last-step action of std 0.02 explains almost none of the reward
+    differences that different initial noise makes, and GRPO then learns nothing (tests/test_rl.py's pluggable
+    reward: no rise with separate noise, a steady rise with shared noise)."""
     exclude_last_step: bool = False
     """Never make the last denoising step the stochastic one (it is then never trained). With three steps that is
     the step s = 0.522 -> 0, a third of the chain; `last_step_std` bounds the noise it leaves instead."""
