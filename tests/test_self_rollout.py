@@ -62,6 +62,9 @@ def test_training_rollout_writes_the_inference_frames_into_the_cache(context_tim
     """Self-Rollout (full_denoise): the cache receives exactly what ARDragPipeline's inference writes, same noise."""
     pipe = _pipe(context_timestep=context_timestep)
     image, tracks = _inputs()
+    pipe.fast = (
+        False  # the reference sampler (iter_rollout): the streaming engine's equality is test_streaming's
+    )
     spy = _CacheWrites(pipe.transformer)
     video = pipe(image, tracks, prompt="a disc", seed=5)
     inference = spy.take()
