@@ -33,6 +33,11 @@ class StudentRollout:
     exit_steps: list[int]
 
     @property
+    def clean(self) -> torch.Tensor:
+        """(B, C, F, h, w): the frames the rollout produced (each chunk's output after its steps)."""
+        return torch.cat([c.clean for c in self.chunks], dim=2)
+
+    @property
     def cached(self) -> torch.Tensor:
         """(B, C, F, h, w): every latent written into the KV cache, in order."""
         return torch.cat([c.cached for c in self.chunks], dim=2)

@@ -235,9 +235,7 @@ class SFTModule(StageModule):
         roll = student_rollout(student, noise, self.rollout_cfg, exits, generator=g, ground_truth=truth)
         out = {}
 
-        final = (
-            torch.cat([c.clean for c in roll.chunks], 2) if self.student_cfg.dmd_sample == "final" else None
-        )
+        final = roll.clean if self.student_cfg.dmd_sample == "final" else None
 
         def loss_fn(x: torch.Tensor) -> torch.Tensor:
             if (
@@ -272,7 +270,7 @@ class SFTModule(StageModule):
         if fake is None:
             roll = student_rollout(student, noise, self.rollout_cfg, self._exit_steps(x0.shape[2], g), g)
             final = self.student_cfg.dmd_sample == "final"
-            fake = torch.cat([c.clean for c in roll.chunks], 2) if final else roll.x
+            fake = roll.clean if final else roll.x
         c = critic_loss(fake, critic, self.dmd_cfg, generator=g, head=self.head, x_real=x0)
         self._backward(c.loss)
         logs = {"train/critic": c.flow, "train/critic_total": c.loss.detach()}
