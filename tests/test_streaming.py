@@ -149,6 +149,14 @@ def test_compiled_blocks_equal_eager_without_per_layer_recompiles(inputs):
         assert counters["stats"]["unique_graphs"] - before == graphs  # no recompile after the warm-up
         assert np.abs(compiled.astype(int) - eager).max() <= 1
         assert np.abs(streamed.astype(int) - eager).max() <= 1
+    if torch._C.has_mkl:  # frozen graphs: every block linear runs on pre-packed weights, none through aten::addmm
+        from torch.profiler import profile
+
+        with profile() as prof:
+            pipe(image, tracks, seed=5)
+        names = [e.name for e in prof.events()]
+        assert "mkl::_mkl_linear" in names
+        assert names.count("aten::addmm") < names.count("mkl::_mkl_linear")
 
 
 def test_engine_constants_follow_changed_weights(inputs):

@@ -13,10 +13,14 @@ They compute what `sampling.iter_rollout` (cached mode, `cache_update='full_deno
   - a chunk's cache write (its clean latents at `context_timestep`) runs in the same forward as the first
     denoising step of the next chunk: 2c query frames instead of two sequential forwards of c frames. The write
     rows see what the write forward saw; the next chunk's rows see the written frames and not the ones they evict;
-  - blocks run as one function of their weights (a tuple of tensors), so `torch.compile` builds one graph per
-    shape for all layers (no per-layer recompiles); shapes per stream: c query frames over their own keys (the
-    first chunk: the empty ring is not attended), c over the buffer (the later steps) and 2c (write + first step);
-    a partial last chunk is padded to c frames with masked keys.
+  - all blocks run as one module whose weights are buffers and whose per-layer inputs (modulations, cache
+    buffers, context keys/values) come stacked along a layer dimension. `torch.compile` builds one graph per
+    input shape for all layers together (no per-layer recompiles), with inductor's `freezing`: the weights are
+    constants, so the CPU linears run on pre-packed weights. Shapes per stream: c query frames over their own
+    keys (the first chunk: the empty ring is not attended), c over the buffer (the later steps) and 2c (write +
+    first step); a partial last chunk is padded to c frames with masked keys;
+  - the ring buffers of a finished stream go back to a per-model pool, so the next stream's first frame neither
+    allocates nor zero-fills its cache.
 """
 
 from __future__ import annotations
@@ -146,14 +150,102 @@ def _block(
     return (xf.float() + ff.view(b, f, tpf, d).float() * c_gate).to(x.dtype).view(b, n, d)
 
 
-_COMPILED: dict[str, Callable] = {}
+class _Blocks(torch.nn.Module):
+    """All blocks of a model as one module whose tensors are its buffers, so that `torch.compile` with inductor's
+    `freezing` treats the weights as constants (linear weights pre-packed for the CPU GEMM) and builds one graph
+    per input shape for every layer together (no per-layer graphs). Built from the fused `_BlockWeights` (shared
+    storage). Per-layer inputs come stacked along a leading layer dimension, so a call has few tensor arguments
+    (each one is a guard `torch.compile` checks on every call)."""
+
+    def __init__(self, weights: list[_BlockWeights], heads: int, eps: float, cross_norm: bool):
+        super().__init__()
+        self.heads, self.eps, self.cross_norm = heads, eps, cross_norm
+        self.fields = list(_BlockWeights.__dataclass_fields__)
+        self.present: list[list[bool]] = []
+        for i, w in enumerate(weights):
+            row = []
+            for f in self.fields:
+                t = getattr(w, f)
+                row.append(t is not None)
+                if t is not None:
+                    self.register_buffer(f"l{i}_{f}", t, persistent=False)
+            self.present.append(row)
+
+    def layer(self, i: int) -> _BlockWeights:
+        return _BlockWeights(
+            *[getattr(self, f"l{i}_{f}") if ok else None for f, ok in zip(self.fields, self.present[i])]
+        )
+
+    def forward(
+        self,
+        tok: torch.Tensor,
+        mods: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kbuf: torch.Tensor | None,
+        vbuf: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        ctx_k: torch.Tensor,
+        ctx_v: torch.Tensor,
+    ) -> torch.Tensor:
+        """tok (B, n, D); mods (L, 1 or B, f, 6, D); kbuf, vbuf (L, B, H, S + n, Dh) or None; ctx_k, ctx_v
+        (L, B, H, Lc, Dh): layer i gets index i of each (see `_block`)."""
+        for i in range(len(self.present)):
+            tok = _block(
+                self.layer(i),
+                tok,
+                mods[i],
+                cos,
+                sin,
+                None if kbuf is None else kbuf[i],
+                None if vbuf is None else vbuf[i],
+                mask,
+                ctx_k[i],
+                ctx_v[i],
+                self.heads,
+                self.eps,
+                self.cross_norm,
+            )
+        return tok
 
 
-def compiled_block() -> Callable:
-    """`_block` under `torch.compile` (one compiled function shared by every layer and model)."""
-    if "block" not in _COMPILED:
-        _COMPILED["block"] = torch.compile(_block, dynamic=False, fullgraph=True)
-    return _COMPILED["block"]
+def _signature(args: tuple) -> tuple:
+    """Shapes and dtypes of a call's tensor arguments (lists and None included): which compiled graph it needs."""
+    return tuple(
+        (tuple(a.shape), a.dtype)
+        if isinstance(a, torch.Tensor)
+        else _signature(tuple(a))
+        if isinstance(a, list)
+        else a
+        for a in args
+    )
+
+
+class _FrozenCompiled:
+    """`torch.compile(blocks)` whose graphs are built with inductor's `freezing`: weights become constants and the
+    CPU linears run on pre-packed weights. The config is patched only for calls with a new input signature (the
+    calls that compile), so the rest run with no patching cost. Valid while the weights are unchanged:
+    `_model_constants` rebuilds it when a parameter changes."""
+
+    def __init__(self, blocks: _Blocks):
+        self.fn = torch.compile(blocks, dynamic=False, fullgraph=True)
+        self.seen: set[tuple] = set()
+
+    def __call__(self, *args):
+        sig = _signature(args)
+        if sig in self.seen:
+            return self.fn(*args)
+        from torch._inductor import config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            out = self.fn(*args)
+        self.seen.add(sig)
+        return out
+
+
+def compile_blocks(blocks: _Blocks) -> Callable:
+    """`blocks` compiled with inductor's `freezing` (see `_FrozenCompiled`)."""
+    return _FrozenCompiled(blocks)
 
 
 def fast_path_supported(model: CausalWanTransformer) -> str | None:
@@ -180,6 +272,9 @@ def _model_constants(model: CausalWanTransformer) -> dict:
         hit = {
             "key": key,
             "weights": [_block_weights(b) for b in model.blocks],
+            "blocks": None,
+            "compiled": None,
+            "rings": [],
             "temb": {},
             "mods": {},
             "rope": {},
@@ -202,9 +297,15 @@ class _Model:
         self.heads = cfg.num_attention_heads
         self.eps = cfg.eps
         self.cross_norm = isinstance(model.blocks[0].norm2, torch.nn.LayerNorm)
-        self.block_fn = compiled_block() if compile else _block
         consts = _model_constants(model)
         self.weights = consts["weights"]
+        if consts["blocks"] is None:
+            consts["blocks"] = _Blocks(self.weights, self.heads, self.eps, self.cross_norm)
+        self.blocks = consts["blocks"]
+        if compile:
+            if consts["compiled"] is None:
+                consts["compiled"] = compile_blocks(self.blocks)
+            self.blocks = consts["compiled"]
         self.dtype = model.patch_embedding.weight.dtype
         pe = model.patch_embedding
         self.patch_w = pe.weight.detach().flatten(1)  # (D, C * ph * pw)
@@ -223,16 +324,31 @@ class _Model:
             raise ValueError("the inference engines do not take image context")
         dev = self.patch_w.device
         _, _, text, _ = model.condition_embedder(torch.zeros(1, device=dev), ctx.to(self.dtype), None)
-        self.ctx_kv = []
+        ks, vs = [], []
         for blk in model.blocks:
             a2 = blk.attn2
-            k = a2.norm_k(a2.to_k(text)).unflatten(2, (self.heads, -1)).transpose(1, 2)
-            v = a2.to_v(text).unflatten(2, (self.heads, -1)).transpose(1, 2)
-            self.ctx_kv.append((k.contiguous(), v.contiguous()))
+            ks.append(a2.norm_k(a2.to_k(text)).unflatten(2, (self.heads, -1)).transpose(1, 2))
+            vs.append(a2.to_v(text).unflatten(2, (self.heads, -1)).transpose(1, 2))
+        self.ctx_k, self.ctx_v = torch.stack(ks), torch.stack(vs)  # (L, B, H, Lc, Dh)
+        self.ring_pool: list[RingCache] = consts["rings"]
         # filled on first use and kept with the model's weights (valid while they are unchanged)
         self._temb: dict[float, tuple[torch.Tensor, torch.Tensor]] = consts["temb"]
-        self._mods: dict[tuple[float, ...], tuple[list[torch.Tensor], torch.Tensor]] = consts["mods"]
+        self._mods: dict[tuple[float, ...], tuple[torch.Tensor, torch.Tensor]] = consts["mods"]
         self._rope: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = consts["rope"]
+
+    def take_ring(
+        self, shape: tuple[int, ...], tpf: int, window: int, sinks: int, tail: int, device
+    ) -> RingCache:
+        """An empty ring-buffer cache of this layout: one a finished stream of this model returned to the pool
+        (no allocation and no zero fill before the first frame), else a new one. The caller returns it to
+        `ring_pool` when its stream ends."""
+        key = (tuple(shape), tpf, window, sinks, tail, torch.device(device), self.dtype)
+        for i, r in enumerate(self.ring_pool):
+            if r.key == key:
+                ring = self.ring_pool.pop(i)
+                ring.reset()
+                return ring
+        return RingCache(shape, tpf, window, sinks, tail, device, self.dtype)
 
     # -------------------------------------------------------------- constants
     def _timestep(self, t: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,15 +362,16 @@ class _Model:
             self._temb[t] = (temb[0], tproj[0].unflatten(0, (6, -1)))
         return self._temb[t]
 
-    def modulation(self, ts: tuple[float, ...]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per-layer block modulation (1, f, 6, D) and the output norm's (1, f, 2, D) for frames at timesteps ts."""
+    def modulation(self, ts: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block modulation (L, 1, f, 6, D), layers stacked, and the output norm's (1, f, 2, D) for frames at
+        timesteps ts."""
         if ts not in self._mods:
             embs = [self._timestep(t) for t in ts]
             tproj = torch.stack([e[1] for e in embs])[None].float()  # (1, f, 6, D)
             temb = torch.stack([e[0] for e in embs])[None].float()  # (1, f, D)
-            mods = [
-                (b.scale_shift_table[None].float() + tproj).detach().contiguous() for b in self.model.blocks
-            ]
+            mods = torch.stack(
+                [b.scale_shift_table[None].float() + tproj for b in self.model.blocks]
+            ).detach()
             out = (self.model.scale_shift_table[None].float() + temb[:, :, None]).detach()
             self._mods[ts] = (mods, out)
         return self._mods[ts]
@@ -299,7 +416,7 @@ class _Model:
         cond_tok: torch.Tensor | None,
         cond: torch.Tensor | None,
         start: int,
-        buffers: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        buffers: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None,
         out_frames: int,
     ) -> torch.Tensor | None:
@@ -315,12 +432,8 @@ class _Model:
             tok = tok + cond_tok
         cos, sin = self.rope(start, f, pph, ppw)
         mods, out_mod = self.modulation(ts)
-        for li, wts in enumerate(self.weights):
-            kb, vb = (None, None) if buffers is None else buffers[li]
-            ck, cv = self.ctx_kv[li]
-            tok = self.block_fn(
-                wts, tok, mods[li], cos, sin, kb, vb, mask, ck, cv, self.heads, self.eps, self.cross_norm
-            )
+        kbuf, vbuf = (None, None) if buffers is None else buffers
+        tok = self.blocks(tok, mods, cos, sin, kbuf, vbuf, mask, self.ctx_k, self.ctx_v)
         if out_frames == 0:  # a cache write: only the keys/values were wanted
             return None
         # output norm (per-frame modulation), projection, unpatchify: only the frames asked for
@@ -357,21 +470,12 @@ class RingCache:
     tail of `tail_frames` slots for the frames of the running forward."""
 
     def __init__(
-        self,
-        layers: int,
-        batch: int,
-        heads: int,
-        head_dim: int,
-        tpf: int,
-        window: int,
-        sinks: int,
-        tail_frames: int,
-        device,
-        dtype,
+        self, shape: tuple[int, ...], tpf: int, window: int, sinks: int, tail_frames: int, device, dtype
     ) -> None:
+        """shape: (layers, batch, heads, (window + tail_frames) * tpf, head_dim)."""
         self.tpf, self.window, self.sinks, self.tail = tpf, window, sinks, tail_frames
-        size = (window + tail_frames) * tpf
-        self.k = torch.zeros(layers, batch, heads, size, head_dim, device=device, dtype=dtype)
+        self.key = (tuple(shape), tpf, window, sinks, tail_frames, torch.device(device), dtype)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.slot_frame = [-1] * window  # absolute frame in each ring slot (-1 empty)
 
@@ -379,10 +483,15 @@ class RingCache:
         s = self.sinks
         return frame if frame < s else s + (frame - s) % (self.window - s)
 
-    def buffers(self, frames: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer views: the ring and a tail of `frames` frames right after it."""
-        n = (self.window + frames) * self.tpf
-        return [(self.k[i, :, :, :n], self.v[i, :, :, :n]) for i in range(self.k.shape[0])]
+    def buffers(self, frames: int, ring: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views (L, B, H, S, Dh) of the keys and values: the ring and a tail of `frames` frames right after it, or
+        (ring=False) the tail alone."""
+        a, n = (0 if ring else self.window * self.tpf), (self.window + frames) * self.tpf
+        return self.k[:, :, :, a:n], self.v[:, :, :, a:n]
+
+    def reset(self) -> None:
+        """Every slot empty. Slots keep their old (finite) values: empty slots are masked out of attention."""
+        self.slot_frame = [-1] * self.window
 
     def valid(self) -> torch.Tensor:
         return torch.tensor([f >= 0 for f in self.slot_frame])
@@ -443,33 +552,45 @@ class StreamEngine:
         after `on_chunk_start(start)`."""
         cfg, m = self.cfg, self.m
         cond_chunk = cond_chunk or self.conditions.cond_slice
+        b, _, _, h, w = noise.shape
+        c = cfg.causal.chunk_size
+        _, ph, pw = m.model.config.patch_size
+        tpf = (h // ph) * (w // pw)
+        heads = m.heads
+        head_dim = m.model.inner_dim // heads
+        b2 = 2 * b if m.guided else b
+        ring = m.take_ring(
+            (len(m.weights), b2, heads, (cfg.causal.cache_frames + 2 * c) * tpf, head_dim),
+            tpf,
+            cfg.causal.cache_frames,
+            cfg.causal.sink_frames,
+            2 * c,
+            noise.device,
+        )
+        try:
+            yield from self._run(noise, ring, cond_chunk, generator, on_chunk_start)
+        finally:
+            m.ring_pool.append(ring)  # for the model's next stream: no allocation before its first frame
+
+    def _run(
+        self,
+        noise: torch.Tensor,
+        ring: RingCache,
+        cond_chunk: Callable[[int, int], torch.Tensor | None],
+        generator: torch.Generator | None,
+        on_chunk_start: Callable[[int], None] | None,
+    ) -> Iterator[torch.Tensor]:
+        cfg, m = self.cfg, self.m
         b, ch, num_frames, h, w = noise.shape
         c = cfg.causal.chunk_size
         sig = cfg.schedule.sigmas().tolist()
         n_steps = len(sig) - 1
         ts = [s * NUM_TRAIN_TIMESTEPS for s in sig[:-1]]
         ctx_t = float(cfg.context_timestep)
-        _, ph, pw = m.model.config.patch_size
-        tpf = (h // ph) * (w // pw)
-        heads = m.heads
-        head_dim = m.model.inner_dim // heads
-        b2 = 2 * b if m.guided else b
-        win_tok = cfg.causal.cache_frames * tpf
-        ring = RingCache(
-            len(m.weights),
-            b2,
-            heads,
-            head_dim,
-            tpf,
-            cfg.causal.cache_frames,
-            cfg.causal.sink_frames,
-            2 * c,
-            noise.device,
-            m.dtype,
-        )
+        tpf = ring.tpf
         plain_bufs, fold_bufs = ring.buffers(c), ring.buffers(2 * c)
         # while the ring is empty (the first chunk) attention runs over the chunk's own tail slots alone
-        first_bufs = [(k[:, :, win_tok:], v[:, :, win_tok:]) for k, v in plain_bufs]
+        first_bufs = ring.buffers(c, ring=False)
         win = cfg.causal.cache_frames
         pending = None  # (latents (B, C, c, h, w) to write, their cond tokens, cond, start)
         n_chunks = math.ceil(num_frames / c)
