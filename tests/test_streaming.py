@@ -149,7 +149,9 @@ def test_compiled_blocks_equal_eager_without_per_layer_recompiles(inputs):
         assert counters["stats"]["unique_graphs"] - before == graphs  # no recompile after the warm-up
         assert np.abs(compiled.astype(int) - eager).max() <= 1
         assert np.abs(streamed.astype(int) - eager).max() <= 1
-    if torch._C.has_mkl:  # frozen graphs: every block linear runs on pre-packed weights, none through aten::addmm
+    if (
+        torch._C.has_mkl
+    ):  # frozen graphs: every block linear runs on pre-packed weights, none through aten::addmm
         from torch.profiler import profile
 
         with profile() as prof:
