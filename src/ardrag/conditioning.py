@@ -363,6 +363,23 @@ class Conditioner:
         return torch.cat([traj, ref_full, mask, preview], dim=1)
 
     @torch.no_grad()
+    def _first_frame(
+        self, reference: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor
+    ) -> torch.Tensor:
+        """Frame 0's channels from tracks (B, 2, N, 2) = (frame 0, each drag's farthest point): in frame 0 every
+        drag is at its start, so the motion preview is the reference itself (with `preview_fill`, exactly: nothing
+        has moved or been vacated yet; without, a paste of each start disc onto itself, equal to rounding) and its
+        latent is the reference latent; the preview is not rendered (the most expensive part of a stream's first
+        frame)."""
+        traj = self.trajectory_latents(tracks, visible, reference.shape[2], reference.shape[3])[:, :, :1]
+        ref = self.reference_latent(reference).to(traj.dtype)
+        b, _, _, h, w = traj.shape
+        parts = [traj, ref, torch.ones(b, 1, 1, h, w, dtype=traj.dtype, device=traj.device), ref]
+        if self.preview_fill > 0:
+            parts.append(torch.zeros(b, 1, 1, h, w, dtype=traj.dtype, device=traj.device))
+        return torch.cat(parts, dim=1)
+
+    @torch.no_grad()
     def frames(
         self,
         reference: torch.Tensor,
@@ -394,6 +411,8 @@ class Conditioner:
         if start == 0:
             tr = torch.cat([tracks[:, start:stop], far_tracks], dim=1)
             vv = torch.cat([vis[:, start:stop], far_vis], dim=1)
+            if stop == 1 and self.motion_preview_radius > 0:
+                return self._first_frame(reference, tr, vv)
             return self(reference, tr, vv)[:, :, :-1]
         # one frame before the window holds each drag where it first left its start, if it did before `start`
         # (whether a drag has left by frame t decides what its start shows), else at its start

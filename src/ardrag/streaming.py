@@ -237,7 +237,7 @@ class _FrozenCompiled:
             return self.fn(*args)
         from torch._inductor import config as inductor_config
 
-        with inductor_config.patch(freezing=True):
+        with inductor_config.patch(freezing=True, cpp_wrapper=True):
             out = self.fn(*args)
         self.seen.add(sig)
         return out
@@ -262,11 +262,33 @@ def fast_path_supported(model: CausalWanTransformer) -> str | None:
 _CONSTANTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+_SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights_key(model: torch.nn.Module) -> tuple:
+    """(data pointer, version, identity) of every parameter and buffer of a model, read through the (dict, name)
+    slots found once per module tree (walking `named_parameters` costs ~1 ms, more than the rest of a stream's
+    setup): a tensor replaced by a new object, moved, reloaded or changed in place changes the key."""
+    mods: list[torch.nn.Module] = []
+    todo = [model]
+    while todo:  # the module tree (`model.modules()` without its per-call generator and memo set)
+        m = todo.pop()
+        mods.append(m)
+        todo.extend(c for c in m._modules.values() if c is not None)
+    ids = tuple(map(id, mods))
+    slots = _SLOTS.get(model)
+    if slots is None or slots[0] != ids:
+        names = [(m._parameters, n) for m in mods for n in m._parameters]
+        names += [(m._buffers, n) for m in mods for n in m._buffers]
+        slots = _SLOTS[model] = (ids, names)
+    return tuple((t.data_ptr(), t._version, id(t)) for t in (d[n] for d, n in slots[1]) if t is not None)
+
+
 def _model_constants(model: CausalWanTransformer) -> dict:
     """What the engines derive from a model's weights alone (fused block weights; timestep modulations and RoPE
-    tables, filled as used), kept per model and rebuilt when any parameter or buffer changed (storage or version
-    counter): a stream's first frame does not pay for them again."""
-    key = tuple((t.data_ptr(), t._version) for t in [*model.parameters(), *model.buffers()])
+    tables, filled as used), kept per model and rebuilt when any parameter or buffer changed (object, storage or
+    version counter): a stream's first frame does not pay for them again."""
+    key = _weights_key(model)
     hit = _CONSTANTS.get(model)
     if hit is None or hit["key"] != key:
         hit = {
@@ -275,6 +297,7 @@ def _model_constants(model: CausalWanTransformer) -> dict:
             "blocks": None,
             "compiled": None,
             "rings": [],
+            "contexts": [],
             "temb": {},
             "mods": {},
             "rope": {},
@@ -322,19 +345,41 @@ class _Model:
             ctx = torch.cat([ctx, conditions.negative_context])
         if conditions.image_context is not None:
             raise ValueError("the inference engines do not take image context")
-        dev = self.patch_w.device
-        _, _, text, _ = model.condition_embedder(torch.zeros(1, device=dev), ctx.to(self.dtype), None)
-        ks, vs = [], []
-        for blk in model.blocks:
-            a2 = blk.attn2
-            ks.append(a2.norm_k(a2.to_k(text)).unflatten(2, (self.heads, -1)).transpose(1, 2))
-            vs.append(a2.to_v(text).unflatten(2, (self.heads, -1)).transpose(1, 2))
-        self.ctx_k, self.ctx_v = torch.stack(ks), torch.stack(vs)  # (L, B, H, Lc, Dh)
+        self.ctx_k, self.ctx_v = self._context_kv(ctx, consts["contexts"])  # (L, B, H, Lc, Dh)
         self.ring_pool: list[RingCache] = consts["rings"]
         # filled on first use and kept with the model's weights (valid while they are unchanged)
         self._temb: dict[float, tuple[torch.Tensor, torch.Tensor]] = consts["temb"]
         self._mods: dict[tuple[float, ...], tuple[torch.Tensor, torch.Tensor]] = consts["mods"]
         self._rope: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = consts["rope"]
+
+    CONTEXTS = 4
+    """Text contexts whose cross-attention keys/values are kept per model (most recent first)."""
+
+    def _context_kv(self, ctx: torch.Tensor, kept: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values (L, B, H, Lc, Dh) of a text context: kept for the model's last
+        `CONTEXTS` contexts (a stream with the same prompt does not recompute them before its first frame)."""
+        for i, (c, k, v) in enumerate(kept):
+            if (
+                c.shape == ctx.shape
+                and c.dtype == ctx.dtype
+                and c.device == ctx.device
+                and torch.equal(c, ctx)
+            ):
+                kept.insert(0, kept.pop(i))
+                return k, v
+        model = self.model
+        _, _, text, _ = model.condition_embedder(
+            torch.zeros(1, device=self.patch_w.device), ctx.to(self.dtype), None
+        )
+        ks, vs = [], []
+        for blk in model.blocks:
+            a2 = blk.attn2
+            ks.append(a2.norm_k(a2.to_k(text)).unflatten(2, (self.heads, -1)).transpose(1, 2))
+            vs.append(a2.to_v(text).unflatten(2, (self.heads, -1)).transpose(1, 2))
+        k, v = torch.stack(ks), torch.stack(vs)
+        kept.insert(0, (ctx.clone(), k, v))
+        del kept[self.CONTEXTS :]
+        return k, v
 
     def take_ring(
         self, shape: tuple[int, ...], tpf: int, window: int, sinks: int, tail: int, device
