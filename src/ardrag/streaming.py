@@ -157,9 +157,28 @@ class _Blocks(torch.nn.Module):
     storage). Per-layer inputs come stacked along a leading layer dimension, so a call has few tensor arguments
     (each one is a guard `torch.compile` checks on every call)."""
 
-    def __init__(self, weights: list[_BlockWeights], heads: int, eps: float, cross_norm: bool):
+    def __init__(
+        self,
+        model: CausalWanTransformer,
+        weights: list[_BlockWeights],
+        heads: int,
+        eps: float,
+        cross_norm: bool,
+    ):
         super().__init__()
         self.heads, self.eps, self.cross_norm = heads, eps, cross_norm
+        cfg = model.config
+        _, self.ph, self.pw = cfg.patch_size
+        self.out_eps = model.norm_out.eps
+        self.prediction = cfg.get("prediction_type", "velocity")
+        self.sample_base = cfg.get("sample_base")
+        pe = model.patch_embedding
+        self.register_buffer(
+            "patch_w", pe.weight.detach().flatten(1).clone(), persistent=False
+        )  # (D, C * ph * pw)
+        self.register_buffer("patch_b", None if pe.bias is None else pe.bias.detach(), persistent=False)
+        self.register_buffer("proj_w", model.proj_out.weight.detach(), persistent=False)
+        self.register_buffer("proj_b", model.proj_out.bias.detach(), persistent=False)
         self.fields = list(_BlockWeights.__dataclass_fields__)
         self.present: list[list[bool]] = []
         for i, w in enumerate(weights):
@@ -178,8 +197,11 @@ class _Blocks(torch.nn.Module):
 
     def forward(
         self,
-        tok: torch.Tensor,
+        x: torch.Tensor,
+        cond_tok: torch.Tensor | None,
+        cond: torch.Tensor | None,
         mods: torch.Tensor,
+        out_mod: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
         kbuf: torch.Tensor | None,
@@ -187,9 +209,28 @@ class _Blocks(torch.nn.Module):
         mask: torch.Tensor | None,
         ctx_k: torch.Tensor,
         ctx_v: torch.Tensor,
-    ) -> torch.Tensor:
-        """tok (B, n, D); mods (L, 1 or B, f, 6, D); kbuf, vbuf (L, B, H, S + n, Dh) or None; ctx_k, ctx_v
-        (L, B, H, Lc, Dh): layer i gets index i of each (see `_block`)."""
+        sigma: torch.Tensor | None,
+        out_frames: int,
+    ) -> torch.Tensor | None:
+        """The model's output for the last `out_frames` of x (B, C, f, h, w) as a velocity (B2, C, out_frames, h,
+        w), before guidance (B2 = 2B when the context is doubled for guidance); None when out_frames is 0 (a cache
+        write). cond_tok (B2, n, D) or None; cond: the frames' condition channels (a 'sample' model's base); mods
+        (L, 1 or B2, f, 6, D), out_mod (1, f, 2, D); kbuf, vbuf (L, B2, H, S + n, Dh) or None; ctx_k, ctx_v (L,
+        B2, H, Lc, Dh): layer i gets index i of each (see `_block`); sigma (1, 1, out_frames, 1, 1): the 'sample'
+        prediction's noise levels."""
+        b, _, f, h, w = x.shape
+        ph, pw = self.ph, self.pw
+        pph, ppw = h // ph, w // pw
+        tpf = pph * ppw
+        x2 = torch.cat([x, x]) if ctx_k.shape[1] == 2 * b else x
+        xp = (
+            x2.to(self.patch_w.dtype)
+            .reshape(x2.shape[0], -1, f, pph, ph, ppw, pw)
+            .permute(0, 2, 3, 5, 1, 4, 6)
+        )
+        tok = F.linear(xp.reshape(x2.shape[0], f * tpf, -1), self.patch_w, self.patch_b)
+        if cond_tok is not None:
+            tok = tok + cond_tok
         for i in range(len(self.present)):
             tok = _block(
                 self.layer(i),
@@ -206,13 +247,31 @@ class _Blocks(torch.nn.Module):
                 self.eps,
                 self.cross_norm,
             )
-        return tok
+        if out_frames == 0:  # a cache write: only the keys/values were wanted
+            return None
+        # output norm (per-frame modulation), projection, unpatchify: only the frames asked for
+        bb = tok.shape[0]
+        xf = tok.view(bb, f, tpf, -1)[:, f - out_frames :]
+        om = out_mod[:, f - out_frames :]
+        shift, scale = om[:, :, 0:1], om[:, :, 1:2]
+        y = (F.layer_norm(xf.float(), (xf.shape[-1],), eps=self.out_eps) * (1 + scale) + shift).to(tok.dtype)
+        y = F.linear(y, self.proj_w, self.proj_b)  # (B2, fo, tpf, C * ph * pw)
+        y = y.reshape(bb, out_frames, pph, ppw, 1, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        y = y.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        if self.prediction == "sample":
+            base = self.sample_base
+            if base is not None:
+                c2 = torch.cat([cond, cond]) if bb == 2 * b else cond
+                y = y.float() + c2[:, base[0] : base[1], f - out_frames :].float()
+            y = (x2[:, :, f - out_frames :].float() - y.float()) / sigma
+        return y.to(x.dtype)
 
 
 def _signature(args: tuple) -> tuple:
-    """Shapes and dtypes of a call's tensor arguments (lists and None included): which compiled graph it needs."""
+    """Shapes, strides and dtypes of a call's tensor arguments (and its other arguments): which compiled graph it
+    needs."""
     return tuple(
-        (tuple(a.shape), a.dtype)
+        (tuple(a.shape), a.stride(), a.dtype)
         if isinstance(a, torch.Tensor)
         else _signature(tuple(a))
         if isinstance(a, list)
@@ -301,6 +360,7 @@ def _model_constants(model: CausalWanTransformer) -> dict:
             "temb": {},
             "mods": {},
             "rope": {},
+            "sigmas": {},
         }
         _CONSTANTS[model] = hit
     return hit
@@ -323,7 +383,7 @@ class _Model:
         consts = _model_constants(model)
         self.weights = consts["weights"]
         if consts["blocks"] is None:
-            consts["blocks"] = _Blocks(self.weights, self.heads, self.eps, self.cross_norm)
+            consts["blocks"] = _Blocks(model, self.weights, self.heads, self.eps, self.cross_norm)
         self.blocks = consts["blocks"]
         if compile:
             if consts["compiled"] is None:
@@ -351,6 +411,7 @@ class _Model:
         self._temb: dict[float, tuple[torch.Tensor, torch.Tensor]] = consts["temb"]
         self._mods: dict[tuple[float, ...], tuple[torch.Tensor, torch.Tensor]] = consts["mods"]
         self._rope: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = consts["rope"]
+        self._sig: dict[tuple[float, ...], torch.Tensor] = consts["sigmas"]
 
     CONTEXTS = 4
     """Text contexts whose cross-attention keys/values are kept per model (most recent first)."""
@@ -421,6 +482,13 @@ class _Model:
             self._mods[ts] = (mods, out)
         return self._mods[ts]
 
+    def sigmas(self, ts: tuple[float, ...]) -> torch.Tensor:
+        """A 'sample' model's noise levels (1, 1, f, 1, 1) for frames at timesteps ts."""
+        if ts not in self._sig:
+            t = torch.tensor(ts, device=self.patch_w.device, dtype=torch.float32)
+            self._sig[ts] = self.model.velocity_sigma(t).view(1, 1, -1, 1, 1)
+        return self._sig[ts]
+
     def rope(self, start: int, frames: int, pph: int, ppw: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (1, frames * tpf, 1, head_dim) at absolute frames [start, start + frames) (a growing table)."""
         tpf = pph * ppw
@@ -467,44 +535,38 @@ class _Model:
     ) -> torch.Tensor | None:
         """Velocity (B, C, out_frames, h, w) of the last `out_frames` of x (B, C, f, h, w) at per-frame timesteps ts
         (guidance combined); cond: the channels of those frames (for 'sample' prediction with a base)."""
-        b, _, f, h, w = x.shape
+        f, h, w = x.shape[2:]
         _, ph, pw = self.model.config.patch_size
-        pph, ppw = h // ph, w // pw
-        tpf = pph * ppw
-        x2 = torch.cat([x, x]) if self.guided else x
-        tok = F.linear(self._patches(x2.to(self.dtype), ph, pw), self.patch_w, self.patch_b)
-        if cond_tok is not None:
-            tok = tok + cond_tok
-        cos, sin = self.rope(start, f, pph, ppw)
+        cos, sin = self.rope(start, f, h // ph, w // pw)
         mods, out_mod = self.modulation(ts)
-        kbuf, vbuf = (None, None) if buffers is None else buffers
-        tok = self.blocks(tok, mods, cos, sin, kbuf, vbuf, mask, self.ctx_k, self.ctx_v)
-        if out_frames == 0:  # a cache write: only the keys/values were wanted
-            return None
-        # output norm (per-frame modulation), projection, unpatchify: only the frames asked for
-        bb = tok.shape[0]
-        xf = tok.view(bb, f, tpf, -1)[:, f - out_frames :]
-        om = out_mod[:, f - out_frames :]
-        shift, scale = om[:, :, 0:1], om[:, :, 1:2]
-        y = (F.layer_norm(xf.float(), (xf.shape[-1],), eps=self.model.norm_out.eps) * (1 + scale) + shift).to(
-            tok.dtype
-        )
-        y = self.model.proj_out(y)  # (B2, fo, tpf, C * ph * pw)
-        y = y.reshape(bb, out_frames, pph, ppw, 1, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        y = y.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-        xin = x2[:, :, f - out_frames :]
-        if self.prediction == "sample":
+        sigma = None
+        if self.prediction == "sample" and out_frames:
+            sigma = self.sigmas(ts[f - out_frames :])
             base = self.sample_base
-            if base is not None:
-                c2 = torch.cat([cond, cond]) if self.guided else cond
-                if c2 is None or c2.shape[1] < base[1] or base[1] - base[0] != y.shape[1]:
-                    raise ValueError(f"sample_base {base} needs condition channels [{base[0]}, {base[1]})")
-                y = y.float() + c2[:, base[0] : base[1], f - out_frames :].float()
-            t = torch.tensor(ts[f - out_frames :], device=y.device, dtype=torch.float32)
-            s = self.model.velocity_sigma(t).view(1, 1, -1, 1, 1)
-            y = (xin.float() - y.float()) / s
-        v = y.to(x.dtype)
-        if not self.guided:
+            if base is not None and (
+                cond is None or cond.shape[1] < base[1] or base[1] - base[0] != x.shape[1]
+            ):
+                raise ValueError(f"sample_base {base} needs condition channels [{base[0]}, {base[1]})")
+        kbuf, vbuf = (None, None) if buffers is None else buffers
+        x = x.contiguous()  # a chunk's noise is a view of the stream's: one compiled graph for both layouts
+        cond = None if cond is None else cond.contiguous()
+        v = self.blocks(
+            x,
+            cond_tok,
+            cond,
+            mods,
+            out_mod,
+            cos,
+            sin,
+            kbuf,
+            vbuf,
+            mask,
+            self.ctx_k,
+            self.ctx_v,
+            sigma,
+            out_frames,
+        )
+        if v is None or not self.guided:
             return v
         v_c, v_u = v.chunk(2)
         return v_u + self.guidance_scale * (v_c - v_u)
