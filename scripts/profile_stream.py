@@ -7,9 +7,17 @@ interleaved wall-clock timings of the same stream run four ways in one process.
   2. engine    : `ardrag.streaming.StreamEngine` with per-stream constants, the preallocated ring-buffer cache and
                  lazy per-chunk conditions, the cache write as its own forward;
   3. +fold     : the same with each chunk's cache write folded into the next chunk's first step (the default);
-  4. +compile  : the same with torch.compile'd blocks (compiled in a warm-up run, reported apart).
+  4. +compile  : the same with the transformer forward under plain `torch.compile` (weights as graph inputs;
+                 compiled in a warm-up run, reported apart);
+  5. +frozen   : compiled as the engine does it (`compile=True`): inductor `freezing` (weights as constants,
+                 pre-packed linears) and the C++ wrapper.
 Variants run round-robin (`--repeats` rounds), so a change in CPU load hits all of them alike; the 1-minute load
 average is recorded. Each variant's videos are compared with the sampler's (max uint8 difference).
+
+A second table times the first frame alone (frozen compile) with the per-stream setup done three ways: as before
+the per-model caches (context keys/values recomputed, ring buffers allocated, frame 0's motion preview rendered),
+with the context keys/values and ring buffers kept per model, and as the engine runs it (frame 0's conditions
+from the reference too), with the pieces of the first frame timed apart.
 
     python scripts/profile_stream.py --checkpoint results/toy/checkpoints/rl --frames 32 --threads 2 \
         --out results/latency/profile.md
@@ -31,7 +39,7 @@ from ardrag import ARDragPipeline
 from ardrag.conditioning import video_to_uint8
 from ardrag.hardware import cpu_name, provenance
 from ardrag.sampling import Denoiser, iter_rollout
-from ardrag.streaming import StreamEngine
+from ardrag.streaming import StreamEngine, _model_constants
 from ardrag.video import atomic_write_bytes
 from benchmark.metrics.latency import toy_stream_inputs
 
@@ -53,6 +61,57 @@ def engine_stream(pipe: ARDragPipeline, image, tracks, seed: int, fold: bool, co
     decode = pipe.codec.stream_decoder()
     for clean in eng.run(prep.noise, lambda a, b: pipe._cond_frames(prep, a, b), prep.generator):
         yield from video_to_uint8(decode(clean)[0])
+
+
+def plain_compile(pipe: ARDragPipeline) -> None:
+    """Give this pipeline's model a plain `torch.compile` of its forward (no freezing, Python wrapper)."""
+    consts = _model_constants(pipe.transformer)
+    if consts["blocks"] is None:
+        StreamEngine(
+            pipe.transformer,
+            pipe._prepare(*toy_stream_inputs(3), None, "", None, 0, True).conditions,
+            pipe.config.rollout(),
+        )
+    blocks = consts["blocks"]
+    # compiled through a function of its own: graphs with the weights as inputs fit any model of the same shapes,
+    # so they must not sit in the cache of `_Blocks.forward` that the frozen variant's calls look up first
+    consts["compiled"] = torch.compile(lambda *a: blocks(*a), dynamic=False, fullgraph=True)
+
+
+def first_frame(pipe: ARDragPipeline, image, tracks, seed: int, setup: str) -> dict[str, float]:
+    """Wall ms of a stream's first frame and its pieces under one of the setups of the second table."""
+    consts = _model_constants(pipe.transformer)
+    cond = pipe.conditioner
+    if setup == "before":
+        consts["contexts"].clear()
+        consts["rings"].clear()
+    t = [time.perf_counter()]
+    prep = pipe._prepare(image, tracks, None, "", None, seed, lazy=True)
+    t.append(time.perf_counter())
+    eng = pipe._engine(prep)
+    t.append(time.perf_counter())
+    if setup in ("before", "kept"):  # frame 0's conditions through the preview renderer, as before
+        cond._first_frame = lambda r, tr, v: type(cond).__call__(cond, r, tr, v)[:, :, :-1]
+    try:
+        pipe._cond_frames(prep, 0, 1)
+    finally:
+        cond.__dict__.pop("_first_frame", None)
+    t.append(time.perf_counter())
+    run = eng.run(prep.noise, lambda a, b: pipe._cond_frames(prep, a, b), prep.generator)
+    clean = next(run)
+    t.append(time.perf_counter())
+    video_to_uint8(pipe.codec.stream_decoder()(clean)[0])
+    t.append(time.perf_counter())
+    run.close()
+    d = np.diff(t) * 1e3
+    return {
+        "prepare": d[0],
+        "engine": d[1],
+        "cond0": d[2],
+        "forwards": d[3],
+        "decode": d[4],
+        "total": float(d.sum()),
+    }
 
 
 def timed(stream) -> tuple[list[float], np.ndarray, float]:
@@ -116,12 +175,15 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     pipe = ARDragPipeline.from_pretrained(args.checkpoint)
+    plain = ARDragPipeline.from_pretrained(args.checkpoint)  # its own model, so its own compiled forward
+    plain_compile(plain)
     image, tracks = toy_stream_inputs(args.frames)
     variants = {
         "sampler": lambda: sampler_stream(pipe, image, tracks, args.seed),
         "engine": lambda: engine_stream(pipe, image, tracks, args.seed, False, False),
         "+fold": lambda: engine_stream(pipe, image, tracks, args.seed, True, False),
-        "+compile": lambda: engine_stream(pipe, image, tracks, args.seed, True, True),
+        "+compile": lambda: engine_stream(plain, image, tracks, args.seed, True, True),
+        "+frozen": lambda: engine_stream(pipe, image, tracks, args.seed, True, True),
     }
     warm = {}
     for name, make in variants.items():  # warm-up (compiles the last variant), excluded and reported
@@ -184,6 +246,29 @@ def main() -> int:
             for e in top
         )
         lines.append(f"- **{name}** (ms per frame, calls per run): {cells}")
+    setups = {
+        "before": "setup as before the per-model caches (context keys/values, ring buffers, frame-0 preview)",
+        "kept": "+ context keys/values and ring buffers kept per model",
+        "now": "+ frame 0's conditions from the reference (the engine as it runs)",
+    }
+    ff = {k: [] for k in setups}
+    for _ in range(5 * args.repeats):
+        for k in setups:
+            ff[k].append(first_frame(pipe, image, tracks, args.seed, k))
+    lines += [
+        "",
+        f"The first frame alone (frozen compile; {5 * args.repeats} round-robin rounds, wall ms, medians):",
+        "",
+        "| setup | inputs, text, noise | engine (context keys/values, cache) | conditions of frame 0 | "
+        "3 denoising steps | decode | first frame |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, label in setups.items():
+        med = {p: float(np.median([r[p] for r in ff[k]])) for p in ff[k][0]}
+        lines.append(
+            f"| {label} | {med['prepare']:.2f} | {med['engine']:.2f} | {med['cond0']:.2f} | "
+            f"{med['forwards']:.2f} | {med['decode']:.2f} | {med['total']:.2f} |"
+        )
     lines += ["", "Pieces of a frame outside the transformer (process CPU ms per call, median of 20):", ""]
     for name, ms in pieces(pipe, image, tracks).items():
         lines.append(f"- {name}: {ms:.2f} ms")

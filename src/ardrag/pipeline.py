@@ -104,9 +104,10 @@ class PipelineConfig:
     max_frames: int = 1024
     """Most video frames accepted (bounded by the backbone's rope_max_seq_len in latent frames)."""
     compile: bool = False
-    """Run the transformer blocks through `torch.compile` with inductor's `freezing` (one graph per input shape
-    for all layers together, weights as constants; see `ardrag.streaming`). The first run of each shape compiles
-    (seconds): call `ARDragPipeline.warmup` before timing. Changing the weights rebuilds the graphs."""
+    """Run the transformer forward through `torch.compile` with inductor's `freezing` and C++ wrapper (one graph
+    per input shape for all layers together, weights as constants; see `ardrag.streaming`). The first run of each
+    shape compiles (tens of seconds on a CPU): call `ARDragPipeline.warmup` before timing. Changing the weights
+    rebuilds the graphs."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("autoregressive", "bidirectional"):

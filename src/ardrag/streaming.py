@@ -1,6 +1,6 @@
 # Over 500 lines: both engines share the per-stream constants and the ring-buffer cache built here.
 """Inference engines: the frame-wise rollout and the bidirectional sampler with per-stream constants precomputed,
-a preallocated ring-buffer KV cache and optionally `torch.compile`d blocks.
+a preallocated ring-buffer KV cache and optionally a `torch.compile`d forward.
 
 They compute what `sampling.iter_rollout` (cached mode, `cache_update='full_denoise'`, no SDE or gradient steps) and
 `sampling.sample_bidirectional` compute, to float32 rounding (tests/test_streaming.py), with less work per frame:
@@ -13,14 +13,15 @@ They compute what `sampling.iter_rollout` (cached mode, `cache_update='full_deno
   - a chunk's cache write (its clean latents at `context_timestep`) runs in the same forward as the first
     denoising step of the next chunk: 2c query frames instead of two sequential forwards of c frames. The write
     rows see what the write forward saw; the next chunk's rows see the written frames and not the ones they evict;
-  - all blocks run as one module whose weights are buffers and whose per-layer inputs (modulations, cache
-    buffers, context keys/values) come stacked along a layer dimension. `torch.compile` builds one graph per
-    input shape for all layers together (no per-layer recompiles), with inductor's `freezing`: the weights are
-    constants, so the CPU linears run on pre-packed weights. Shapes per stream: c query frames over their own
-    keys (the first chunk: the empty ring is not attended), c over the buffer (the later steps) and 2c (write +
-    first step); a partial last chunk is padded to c frames with masked keys;
-  - the ring buffers of a finished stream go back to a per-model pool, so the next stream's first frame neither
-    allocates nor zero-fills its cache.
+  - the transformer forward (patch embedding, all blocks, output head) runs as one module whose weights are
+    buffers and whose per-layer inputs (modulations, cache buffers, context keys/values) come stacked along a
+    layer dimension. `torch.compile` builds one graph per input shape for all layers together (no per-layer
+    recompiles), with inductor's `freezing` (weights as constants: the CPU linears run on pre-packed weights) and
+    its C++ wrapper. Shapes per stream: c query frames over their own keys (the first chunk: the empty ring is not
+    attended), c over the buffer (the later steps) and 2c (write + first step); a partial last chunk is padded to
+    c frames with masked keys;
+  - kept per model for the next stream: the ring buffers of a finished stream (the next first frame neither
+    allocates nor zero-fills its cache) and the context keys/values of the last few prompts.
 """
 
 from __future__ import annotations
@@ -151,11 +152,11 @@ def _block(
 
 
 class _Blocks(torch.nn.Module):
-    """All blocks of a model as one module whose tensors are its buffers, so that `torch.compile` with inductor's
-    `freezing` treats the weights as constants (linear weights pre-packed for the CPU GEMM) and builds one graph
-    per input shape for every layer together (no per-layer graphs). Built from the fused `_BlockWeights` (shared
-    storage). Per-layer inputs come stacked along a leading layer dimension, so a call has few tensor arguments
-    (each one is a guard `torch.compile` checks on every call)."""
+    """The transformer forward (patch embedding, every block, output head) as one module whose tensors are its
+    buffers, so that `torch.compile` with inductor's `freezing` treats the weights as constants (linear weights
+    pre-packed for the CPU GEMM) and builds one graph per input shape for every layer together (no per-layer
+    graphs). Built from the fused `_BlockWeights` (shared storage). Per-layer inputs come stacked along a leading
+    layer dimension, so a call has few tensor arguments (each one is a guard `torch.compile` checks per call)."""
 
     def __init__(
         self,
