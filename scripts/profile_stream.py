@@ -88,7 +88,7 @@ def first_frame(pipe: ARDragPipeline, image, tracks, seed: int, setup: str) -> d
     t = [time.perf_counter()]
     prep = pipe._prepare(image, tracks, None, "", None, seed, lazy=True)
     t.append(time.perf_counter())
-    eng = pipe._engine(prep)
+    eng = StreamEngine(pipe.transformer, prep.conditions, pipe.config.rollout(), compile=True)
     t.append(time.perf_counter())
     if setup in ("before", "kept"):  # frame 0's conditions through the preview renderer, as before
         cond._first_frame = lambda r, tr, v: type(cond).__call__(cond, r, tr, v)[:, :, :-1]

@@ -768,7 +768,7 @@ def sample_bidirectional_fast(
     compile: bool = False,
 ) -> torch.Tensor:
     """`sampling.sample_bidirectional` (N-step Euler over all frames at once) with the per-stream constants
-    precomputed and optionally compiled blocks."""
+    precomputed and optionally the compiled forward."""
     why = fast_path_supported(model)
     if why is not None:
         raise ValueError(f"the bidirectional engine cannot run this model: {why}")
