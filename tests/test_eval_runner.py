@@ -425,3 +425,25 @@ def test_cache_survives_new_file_times_but_not_new_bytes(tmp_path, shards, monke
     runner = ev.EvalRunner(cfg, progress=False)
     runner.run()
     assert runner.n_new == 8
+
+
+def test_latency_is_timed_in_every_run(tmp_path, shards, monkeypatch):
+    """A re-run takes videos and metrics from the cache but times latency again (one run's timings per table)."""
+    import benchmark.eval.runner as runner_mod
+
+    _fake_set_metrics(monkeypatch)
+    real = runner_mod.measure_latency
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, "measure_latency", counted)
+    cfg = _config(tmp_path, shards, "res", "cache")
+    cfg["metrics"]["latency"] = {"enabled": True, "items": 1, "warmup": 0, "repeats": 1, "device": "cpu"}
+    ev.EvalRunner(cfg, progress=False).run()
+    first = len(calls)
+    runner = ev.EvalRunner(cfg, progress=False)
+    runner.run()
+    assert first == 2 and runner.n_new == 0 and len(calls) == 2 * first  # static and warp generate

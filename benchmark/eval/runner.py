@@ -359,14 +359,10 @@ class EvalRunner(Outputs):
             method = methods[r["name"]]
             if not method.generates:
                 continue
+            # timed afresh in every run, never read back from an earlier run's file: a table's latency rows then
+            # come from one run on one load (cached timings would mix runs, code versions and CPU loads)
             path = self._method_dir(method) / f"latency-{_hash(lat_cfg)}.json"
             lat_items = items[: int(lat_cfg.get("items", 2))]
-            if path.is_file():
-                cached = json.loads(path.read_text())
-                if cached.get("hardware") == hw:  # timings from other hardware are re-measured
-                    out[r["name"]] = cached
-                    _tick(bar, len(lat_items))
-                    continue
             per_item = []
             for item in lat_items:
                 _tick(bar, 1, f"latency: {r['name']}")
