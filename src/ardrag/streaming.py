@@ -151,6 +151,13 @@ def _block(
     return (xf.float() + ff.view(b, f, tpf, d).float() * c_gate).to(x.dtype).view(b, n, d)
 
 
+def _patches(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """(B, C, f, h, w) -> (B, f * h/ph * w/pw, C * ph * pw) in the order of Conv3d's flattened weight."""
+    b, c, f, h, w = x.shape
+    x = x.reshape(b, c, f, h // ph, ph, w // pw, pw).permute(0, 2, 3, 5, 1, 4, 6)
+    return x.reshape(b, f * (h // ph) * (w // pw), c * ph * pw)
+
+
 class _Blocks(torch.nn.Module):
     """The transformer forward (patch embedding, every block, output head) as one module whose tensors are its
     buffers, so that `torch.compile` with inductor's `freezing` treats the weights as constants (linear weights
@@ -224,12 +231,7 @@ class _Blocks(torch.nn.Module):
         pph, ppw = h // ph, w // pw
         tpf = pph * ppw
         x2 = torch.cat([x, x]) if ctx_k.shape[1] == 2 * b else x
-        xp = (
-            x2.to(self.patch_w.dtype)
-            .reshape(x2.shape[0], -1, f, pph, ph, ppw, pw)
-            .permute(0, 2, 3, 5, 1, 4, 6)
-        )
-        tok = F.linear(xp.reshape(x2.shape[0], f * tpf, -1), self.patch_w, self.patch_b)
+        tok = F.linear(_patches(x2.to(self.patch_w.dtype), ph, pw), self.patch_w, self.patch_b)
         if cond_tok is not None:
             tok = tok + cond_tok
         for i in range(len(self.present)):
@@ -271,14 +273,7 @@ class _Blocks(torch.nn.Module):
 def _signature(args: tuple) -> tuple:
     """Shapes, strides and dtypes of a call's tensor arguments (and its other arguments): which compiled graph it
     needs."""
-    return tuple(
-        (tuple(a.shape), a.stride(), a.dtype)
-        if isinstance(a, torch.Tensor)
-        else _signature(tuple(a))
-        if isinstance(a, list)
-        else a
-        for a in args
-    )
+    return tuple((tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args)
 
 
 class _FrozenCompiled:
@@ -301,11 +296,6 @@ class _FrozenCompiled:
             out = self.fn(*args)
         self.seen.add(sig)
         return out
-
-
-def compile_blocks(blocks: _Blocks) -> Callable:
-    """`blocks` compiled with inductor's `freezing` (see `_FrozenCompiled`)."""
-    return _FrozenCompiled(blocks)
 
 
 def fast_path_supported(model: CausalWanTransformer) -> str | None:
@@ -388,12 +378,10 @@ class _Model:
         self.blocks = consts["blocks"]
         if compile:
             if consts["compiled"] is None:
-                consts["compiled"] = compile_blocks(self.blocks)
+                consts["compiled"] = _FrozenCompiled(self.blocks)
             self.blocks = consts["compiled"]
         self.dtype = model.patch_embedding.weight.dtype
-        pe = model.patch_embedding
-        self.patch_w = pe.weight.detach().flatten(1)  # (D, C * ph * pw)
-        self.patch_b = None if pe.bias is None else pe.bias.detach()
+        self.device = model.patch_embedding.weight.device
         ce = model.cond_embedding
         self.cond_w = None if ce is None else ce.weight.detach().flatten(1)
         self.cond_b = None if ce is None or ce.bias is None else ce.bias.detach()
@@ -430,9 +418,7 @@ class _Model:
                 kept.insert(0, kept.pop(i))
                 return k, v
         model = self.model
-        _, _, text, _ = model.condition_embedder(
-            torch.zeros(1, device=self.patch_w.device), ctx.to(self.dtype), None
-        )
+        _, _, text, _ = model.condition_embedder(torch.zeros(1, device=self.device), ctx.to(self.dtype), None)
         ks, vs = [], []
         for blk in model.blocks:
             a2 = blk.attn2
@@ -449,7 +435,7 @@ class _Model:
         """An empty ring-buffer cache of this layout: one a finished stream of this model returned to the pool
         (no allocation and no zero fill before the first frame), else a new one. The caller returns it to
         `ring_pool` when its stream ends."""
-        key = (tuple(shape), tpf, window, sinks, tail, torch.device(device), self.dtype)
+        key = RingCache.layout(shape, tpf, window, sinks, tail, device, self.dtype)
         for i, r in enumerate(self.ring_pool):
             if r.key == key:
                 ring = self.ring_pool.pop(i)
@@ -461,7 +447,7 @@ class _Model:
     def _timestep(self, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         """temb (D,), tproj (6, D) of one timestep."""
         if t not in self._temb:
-            dev = self.patch_w.device
+            dev = self.device
             tt = torch.full((1,), float(t), device=dev, dtype=torch.float32)
             temb, tproj, _, _ = self.model.condition_embedder(
                 tt, torch.zeros(1, 1, self.model.config.text_dim, device=dev, dtype=self.dtype), None
@@ -486,7 +472,7 @@ class _Model:
     def sigmas(self, ts: tuple[float, ...]) -> torch.Tensor:
         """A 'sample' model's noise levels (1, 1, f, 1, 1) for frames at timesteps ts."""
         if ts not in self._sig:
-            t = torch.tensor(ts, device=self.patch_w.device, dtype=torch.float32)
+            t = torch.tensor(ts, device=self.device, dtype=torch.float32)
             self._sig[ts] = self.model.velocity_sigma(t).view(1, 1, -1, 1, 1)
         return self._sig[ts]
 
@@ -496,19 +482,12 @@ class _Model:
         table = self._rope.get((pph, ppw))
         if table is None or table[0].shape[1] < (start + frames) * tpf:
             n = max(start + frames, min(max(64, 2 * (start + frames)), self.model.rope.max_seq_len))
-            cos, sin = self.model._rope(torch.arange(n, device=self.patch_w.device), pph, ppw)
+            cos, sin = self.model._rope(torch.arange(n, device=self.device), pph, ppw)
             table = self._rope[(pph, ppw)] = (cos.contiguous(), sin.contiguous())
         cos, sin = table
         return cos[:, start * tpf : (start + frames) * tpf], sin[:, start * tpf : (start + frames) * tpf]
 
     # -------------------------------------------------------------- pieces of a forward
-    @staticmethod
-    def _patches(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
-        """(B, C, f, h, w) -> (B, f * h/ph * w/pw, C * ph * pw) in the order of Conv3d's flattened weight."""
-        b, c, f, h, w = x.shape
-        x = x.reshape(b, c, f, h // ph, ph, w // pw, pw).permute(0, 2, 3, 5, 1, 4, 6)
-        return x.reshape(b, f * (h // ph) * (w // pw), c * ph * pw)
-
     def embed_cond(self, cond: torch.Tensor | None) -> torch.Tensor | None:
         """Condition tokens (B2, n, D) of a chunk's condition channels (guided: the batch doubled), or None."""
         if cond is None:
@@ -520,7 +499,7 @@ class _Model:
         if self.cond_w is None:
             raise ValueError("got condition channels but the model has cond_in_channels=0")
         _, ph, pw = self.model.config.patch_size
-        tok = F.linear(self._patches(cond.to(self.dtype), ph, pw), self.cond_w, self.cond_b)
+        tok = F.linear(_patches(cond.to(self.dtype), ph, pw), self.cond_w, self.cond_b)
         return torch.cat([tok, tok]) if self.guided else tok
 
     def forward(
@@ -582,10 +561,17 @@ class RingCache:
     ) -> None:
         """shape: (layers, batch, heads, (window + tail_frames) * tpf, head_dim)."""
         self.tpf, self.window, self.sinks, self.tail = tpf, window, sinks, tail_frames
-        self.key = (tuple(shape), tpf, window, sinks, tail_frames, torch.device(device), dtype)
+        self.key = self.layout(shape, tpf, window, sinks, tail_frames, device, dtype)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.slot_frame = [-1] * window  # absolute frame in each ring slot (-1 empty)
+
+    @staticmethod
+    def layout(
+        shape: tuple[int, ...], tpf: int, window: int, sinks: int, tail_frames: int, device, dtype
+    ) -> tuple:
+        """What makes two caches interchangeable (the pool of `_Model.take_ring` matches on it)."""
+        return (tuple(shape), tpf, window, sinks, tail_frames, torch.device(device), dtype)
 
     def slot(self, frame: int) -> int:
         s = self.sinks
