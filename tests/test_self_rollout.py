@@ -112,6 +112,28 @@ def test_exit_prediction_at_the_last_step_is_full_denoise():
     assert (a.cached - b.cached).abs().max().item() <= 1e-5
 
 
+def test_finish_denoises_every_chunk_while_the_cache_keeps_exit_predictions():
+    """exit_prediction with `finish`: the cache receives what it receives without (the exit predictions), and each
+    chunk's clean frames are its full N-step result given that cache: frame 0 (no cache) equals Self-Rollout's."""
+    pipe = _pipe()
+    prep = pipe._prepare(*_inputs(), None, "", None, 0)
+    den = Denoiser(pipe.transformer, prep.conditions)
+    sf_cfg = dataclasses.replace(pipe.config.rollout(), cache_update="exit_prediction")
+    exits = [0, 1, 0, 2, 1, 0]
+    plain = student_rollout(den, prep.noise, sf_cfg, exits)
+    spy = _CacheWrites(pipe.transformer)
+    done = student_rollout(den, prep.noise, sf_cfg, exits, finish=True)
+    assert (done.cached - plain.cached).abs().max().item() <= 1e-5  # same cache, same exit predictions
+    assert (done.x - plain.x).abs().max().item() <= 1e-5
+    assert torch.equal(spy.take(), done.cached[:, :, : T - 1])
+    full = student_rollout(den, prep.noise, pipe.config.rollout(), exits)
+    assert (done.clean[:, :, :1] - full.clean[:, :, :1]).abs().max().item() <= 1e-5
+    # frames that exited before the last step: clean is the finished chain, not the exit prediction
+    early = [i for i, n in enumerate(exits) if n < 2]
+    assert all((done.clean[:, :, i] - done.x[:, :, i]).abs().max().item() > 1e-3 for i in early)
+    assert all((plain.clean[:, :, i] - plain.x[:, :, i]).abs().max().item() <= 1e-6 for i in range(T))
+
+
 def test_context_noise_is_added_seeded_and_matches_the_masked_reference():
     pipe = _pipe()
     prep = pipe._prepare(*_inputs(), None, "", None, 0)

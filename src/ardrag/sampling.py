@@ -265,8 +265,8 @@ class Denoiser:
 class ChunkResult:
     """One finished chunk of latent frames [start, start + c).
 
-    clean: the chunk's output latents (no gradient): the result of all N steps (`full_denoise`), or the
-    x0-prediction at the exit step (`exit_prediction`, `ground_truth`); cached: the latents written into the KV
+    clean: the chunk's output latents (no gradient): the result of all N steps (`full_denoise`, or any rule run
+    with `finish`), else the x0-prediction at the exit step (`exit_prediction`, `ground_truth`); cached: the latents written into the KV
     cache, exactly as written (context noise included); grad_x0: the x0-prediction at the exit step (`grad_steps`),
     carrying gradient when the rollout ran with grad enabled; grad_state: the noisy state x at that step (detached,
     for recomputing it later); sde_step: index of the SDE step in this chunk (-1 none); log_prob (B,) and
@@ -368,6 +368,7 @@ def iter_rollout(
     generator: torch.Generator | None = None,
     on_chunk_start: Callable[[int], None] | None = None,
     ground_truth: torch.Tensor | None = None,
+    finish: bool = False,
 ) -> Iterator[ChunkResult]:
     """Generate latent frames chunk by chunk from `noise` (B, C, F, h, w), yielding each chunk when clean.
 
@@ -378,6 +379,8 @@ def iter_rollout(
     condition on it exactly as at inference, and no gradient ever flows through cached keys/values
     (`backward_exit_predictions` offers that as an explicit choice).
     `ground_truth` (B, C, F, h, w): the data latents, needed for `cache_update='ground_truth'`.
+    `finish`: with `exit_prediction` or `ground_truth`, run the steps after the exit step too (without gradient),
+    so that `clean` is the chunk's fully denoised frames while the cache still receives what the rule says.
     `on_chunk_start(start)` runs before a chunk (the streaming pipeline swaps conditions there).
     """
     b, _, num_frames, h, w = noise.shape
@@ -400,9 +403,12 @@ def iter_rollout(
             on_chunk_start(start)
         x = noise[:, :, start:stop]
         res = ChunkResult(start=start, clean=x)
-        # full_denoise runs all N steps; the other rules stop at the exit step and use its x0-prediction
+        # full_denoise runs all N steps; the other rules stop at the exit step and use its x0-prediction (with
+        # `finish` they go on to the last step, and the exit x0-prediction is kept for the cache)
         exit_step = grad_steps[m] if grad_steps is not None and grad_steps[m] >= 0 else n_steps - 1
-        last = n_steps - 1 if cfg.cache_update == "full_denoise" else exit_step
+        stops_at_exit = cfg.cache_update != "full_denoise"
+        last = exit_step if stops_at_exit and not finish else n_steps - 1
+        exit_x0 = None
         for n in range(last + 1):
             s, s_next = sig[n], sig[n + 1]
             t = torch.full((b, stop - start), s * NUM_TRAIN_TIMESTEPS, device=x.device)
@@ -415,8 +421,10 @@ def iter_rollout(
                     v = denoiser.masked(ctx, x, t, start, cfg.causal, cfg.context_timestep)
                 if with_grad:
                     res.grad_x0, res.grad_step, res.grad_state = x - s * v, n, x.detach()
-                if n == last and cfg.cache_update != "full_denoise":
-                    x_next = x - s * v  # the exit x0-prediction (equals the Euler step to 0 at the last step)
+                if stops_at_exit and n == exit_step:
+                    exit_x0 = (x - s * v).detach()  # the exit x0-prediction (the Euler step to 0 at the last step)
+                if stops_at_exit and n == last and not finish:
+                    x_next = exit_x0
                 elif sde_steps is not None and sde_steps[m] == n:
                     out = sde_step(
                         x, v, s, s_next, cfg.noise_level, generator, None, cfg.sde_type, cfg.last_step_std
@@ -428,7 +436,10 @@ def iter_rollout(
                     x_next = ode_step(x, v, s, s_next)
             x = x_next.detach()
         res.clean = x
-        written = ground_truth[:, :, start:stop] if cfg.cache_update == "ground_truth" else x
+        if cfg.cache_update == "ground_truth":
+            written = ground_truth[:, :, start:stop]
+        else:
+            written = exit_x0 if cfg.cache_update == "exit_prediction" else x
         res.cached = context_frames(written, cfg.context_timestep, generator)
         context_so_far.append(res.cached)
         # The chunk is handed out before its cache write: a streaming consumer shows it one forward sooner

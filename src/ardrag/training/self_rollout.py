@@ -63,11 +63,19 @@ def student_rollout(
     exit_steps: list[int],
     generator: torch.Generator | None = None,
     ground_truth: torch.Tensor | None = None,
+    finish: bool = False,
 ) -> StudentRollout:
-    """Roll the student out from `noise` (B, C, F, h, w) with exit steps `exit_steps` (one per chunk), no graph."""
+    """Roll the student out from `noise` (B, C, F, h, w) with exit steps `exit_steps` (one per chunk), no graph.
+    `finish`: `clean` holds every chunk after all N steps whatever the cache rule (see `iter_rollout`)."""
     chunks = list(
         iter_rollout(
-            denoiser, noise, cfg, grad_steps=exit_steps, generator=generator, ground_truth=ground_truth
+            denoiser,
+            noise,
+            cfg,
+            grad_steps=exit_steps,
+            generator=generator,
+            ground_truth=ground_truth,
+            finish=finish,
         )
     )
     return StudentRollout(torch.cat([c.grad_x0 for c in chunks], dim=2), chunks, exit_steps)

@@ -71,10 +71,12 @@ class StudentConfig:
     """How exit steps are drawn: 'per_chunk' (each chunk its own n_m, as the paper's Self-Rollout reads) or
     'per_video' (one n for every chunk of a video, Self-Forcing's same step across blocks)."""
     dmd_sample: str = "exit"
-    """What DMD scores: 'exit' (the chunks' exit x0-predictions spliced together) or 'final' (the frames the rollout
-    actually produced, i.e. what the KV cache received; the gradient still enters the student through each chunk's
-    exit prediction, straight-through). With full_denoise, 'exit' makes the teacher score a video the student never
-    produced: each later frame was conditioned on the fully denoised frames, not on the exit predictions."""
+    """What DMD scores: 'exit' (the chunks' exit x0-predictions spliced together) or 'final' (each chunk after all
+    N steps, i.e. what inference shows; the gradient still enters the student through each chunk's exit prediction,
+    straight-through). With full_denoise, 'exit' makes the teacher score a video the student never produced: each
+    later frame was conditioned on the fully denoised frames, not on the exit predictions. With exit_prediction,
+    'final' runs each chunk's steps after its exit too (no gradient) while the cache still receives the exit
+    prediction, so the two cache rules differ in what enters the cache alone."""
 
     def __post_init__(self) -> None:
         if self.exit_step not in ("per_chunk", "per_video"):
@@ -232,7 +234,9 @@ class SFTModule(StageModule):
         student, teacher, critic = self.denoisers(conds)
         exits = self._exit_steps(x0.shape[2], g)
         truth = x0 if self.rollout_cfg.cache_update == "ground_truth" else None
-        roll = student_rollout(student, noise, self.rollout_cfg, exits, generator=g, ground_truth=truth)
+        roll = student_rollout(
+            student, noise, self.rollout_cfg, exits, g, truth, finish=self.student_cfg.dmd_sample == "final"
+        )
         out = {}
 
         final = roll.clean if self.student_cfg.dmd_sample == "final" else None
@@ -268,8 +272,10 @@ class SFTModule(StageModule):
         """Flow matching of the critic on detached student samples (rolled out here unless `fake` is given)."""
         student, _, critic = self.denoisers(conds)
         if fake is None:
-            roll = student_rollout(student, noise, self.rollout_cfg, self._exit_steps(x0.shape[2], g), g)
             final = self.student_cfg.dmd_sample == "final"
+            exits = self._exit_steps(x0.shape[2], g)
+            truth = x0 if self.rollout_cfg.cache_update == "ground_truth" else None
+            roll = student_rollout(student, noise, self.rollout_cfg, exits, g, truth, finish=final)
             fake = roll.clean if final else roll.x
         c = critic_loss(fake, critic, self.dmd_cfg, generator=g, head=self.head, x_real=x0)
         self._backward(c.loss)
