@@ -422,9 +422,8 @@ def iter_rollout(
                 if with_grad:
                     res.grad_x0, res.grad_step, res.grad_state = x - s * v, n, x.detach()
                 if stops_at_exit and n == exit_step:
-                    exit_x0 = (
-                        x - s * v
-                    ).detach()  # the exit x0-prediction (the Euler step to 0 at the last step)
+                    # the exit x0-prediction (the Euler step to 0 at the last step)
+                    exit_x0 = (x - s * v).detach()
                 if stops_at_exit and n == last and not finish:
                     x_next = exit_x0
                 elif sde_steps is not None and sde_steps[m] == n:
