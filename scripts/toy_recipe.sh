@@ -3,7 +3,8 @@
 # students -> RL (GRPO) -> committed checkpoints -> benchmark tables, reward curve and GIF strip.
 #
 #   bash scripts/toy_recipe.sh            # every stage resumes (--ckpt_path last); a finished stage is skipped
-#   TRAIN_ONLY=1 bash scripts/toy_recipe.sh   # data and the training stages only (no benchmark), e.g. to time them:
+#   CKPTS=runs/recipe/checkpoints TRAIN_ONLY=1 bash scripts/toy_recipe.sh   # the training stages only, e.g. to time
+#                                             # them, exporting beside the runs (committed checkpoints untouched):
 #   python scripts/recipe_notes.py walltime --runs runs/recipe --out results/training/recipe_run
 #
 # Step counts: by default the teacher trains 300 steps and each student 180 (the configs' max_steps overridden, a
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
 RUNS=${RUNS:-runs/recipe}
 DATA=${DATA:-data/toyworld}
-CKPTS=results/toy/checkpoints
+CKPTS=${CKPTS:-results/toy/checkpoints}   # another folder times the recipe without replacing the committed checkpoints
 mkdir -p "$RUNS"
 
 stage() {  # stage NAME THREADS TITLE ardrag-fit-ARGS...: train into $RUNS/NAME (resumable), export bf16 to $CKPTS/NAME
