@@ -128,10 +128,12 @@ def read_walltimes(path: Path) -> dict[str, float]:
 
 
 def data_seconds(walls: dict[str, float], data: Path) -> dict[str, float]:
-    """Adds the toy world's time from its toyworld.json when walltime.tsv has no data row (a recipe that predates
-    the row): the writer's own seconds, without the command's start-up."""
-    if "data" not in walls and (data / "toyworld.json").exists():
-        walls = {**walls, "data": float(json.loads((data / "toyworld.json").read_text())["seconds"])}
+    """The toy world's time: the writer's own seconds from its toyworld.json (without the command's start-up) when
+    walltime.tsv has no data row (a recipe that predates the row) or a shorter one (the world was already written,
+    which a recipe from scratch does not find)."""
+    if (data / "toyworld.json").exists():
+        written = float(json.loads((data / "toyworld.json").read_text())["seconds"])
+        walls = {**walls, "data": max(walls.get("data", 0.0), written)}
     return walls
 
 
@@ -155,6 +157,11 @@ def walltime_report(argv: list[str] | None = None) -> int:
         "--data", default="data/toyworld", help="the recipe's $DATA (its toyworld.json, if no data row)"
     )
     p.add_argument("--target-min", type=float, default=90.0, help="the recipe's training budget, minutes")
+    p.add_argument(
+        "--recipe",
+        default="bash scripts/toy_recipe.sh",
+        help="the recipe command that was run (shown verbatim)",
+    )
     args = p.parse_args(argv)
     runs = Path(args.runs)
     walls = data_seconds(read_walltimes(runs / "walltime.tsv"), Path(args.data))
@@ -185,7 +192,7 @@ def walltime_report(argv: list[str] | None = None) -> int:
     lines = [
         "# Toy recipe: measured wall time",
         "",
-        f"`python scripts/recipe_notes.py walltime --runs {runs} --out {args.out}` after `bash scripts/toy_recipe.sh` "
+        f"`python scripts/recipe_notes.py walltime --runs {runs} --out {args.out}` after `{args.recipe}` "
         f"(code at {commit}) on {record['cpu']} (native bf16: {'yes' if record['native_bf16'] else 'no'}).",
         "",
         "| stage | steps | wall (min) |",

@@ -29,14 +29,15 @@ def _runs(tmp_path: Path, text: str) -> Path:
 def test_training_time_counts_the_slowest_student_and_resumed_stages(tmp_path):
     runs = _runs(tmp_path, TSV + STUDENTS + "rl\t500\tx\nrl\t100\tx\nbenchmark\t900\t\n")
     out = tmp_path / "report"
-    assert recipe_notes.main(["walltime", "--runs", str(runs), "--out", str(out), "--target-min", "80"]) == 0
+    args = ["walltime", "--runs", str(runs), "--out", str(out), "--data", str(tmp_path / "no_world")]
+    assert recipe_notes.main([*args, "--target-min", "80"]) == 0
     rec = json.loads(out.with_suffix(".json").read_text())
     # 60 + 1800 + max(2000, 2100, 1900) + (500 + 100): the benchmark is not training
     assert rec["training_seconds"] == pytest.approx(4560.0)
     assert rec["within_target"] is True  # 76 min <= 80
     assert {r["stage"]: r["steps"] for r in rec["stages"]}["teacher"] == 400
     assert "**76.0 min**, within the 80-minute budget" in out.with_suffix(".md").read_text()
-    assert recipe_notes.main(["walltime", "--runs", str(runs), "--out", str(out), "--target-min", "75"]) == 0
+    assert recipe_notes.main([*args, "--target-min", "75"]) == 0
     assert json.loads(out.with_suffix(".json").read_text())["within_target"] is False
 
 
@@ -48,6 +49,14 @@ def test_data_time_falls_back_to_the_toy_worlds_own_record(tmp_path):
     out = tmp_path / "report"
     recipe_notes.main(["walltime", "--runs", str(runs), "--out", str(out), "--data", str(data)])
     assert json.loads(out.with_suffix(".json").read_text())["training_seconds"] == pytest.approx(4565.5)
+    # a recipe that found the world already written (1 s) is charged the writer's own seconds
+    runs = _runs(tmp_path / "again", "data\t1\tx\n" + TSV.split("\n", 1)[1] + STUDENTS + "rl\t600\tx\n")
+    recipe = "CKPTS=elsewhere TRAIN_ONLY=1 bash scripts/toy_recipe.sh"
+    recipe_notes.main(
+        ["walltime", "--runs", str(runs), "--out", str(out), "--data", str(data), "--recipe", recipe]
+    )
+    assert json.loads(out.with_suffix(".json").read_text())["training_seconds"] == pytest.approx(4565.5)
+    assert f"after `{recipe}`" in out.with_suffix(".md").read_text()
 
 
 def test_an_unfinished_recipe_is_a_clear_error(tmp_path):
