@@ -8,8 +8,9 @@
 #   python scripts/recipe_notes.py walltime --runs runs/recipe --out results/training/recipe_run
 #
 # Step counts: by default the teacher trains 300 steps and each student 180 (the configs' max_steps overridden, a
-# checkpoint every quarter, third or half of it), the sizes of the committed checkpoints (their RECIPE.md files):
-# on a 2-core Intel Xeon the teacher took 24.3 min, the three students side by side 24 min and RL 5.5 min.
+# checkpoint every quarter, third or half of it), the sizes of the committed checkpoints (their RECIPE.md files).
+# Timed from scratch on a quiet 2-core Intel Xeon (results/training/recipe_run.md): 25.5 min of training (toy world
+# 0.5, teacher 8.3, the three students side by side 12.7, RL 4.0).
 #   TEACHER_STEPS=config SFT_STEPS=config bash scripts/toy_recipe.sh   # the configs' own max_steps (800 / 600)
 #   TEACHER_STEPS=400 SFT_STEPS=300 bash scripts/toy_recipe.sh          # any other count
 #
