@@ -266,8 +266,8 @@ class ChunkResult:
     """One finished chunk of latent frames [start, start + c).
 
     clean: the chunk's output latents (no gradient): the result of all N steps (`full_denoise`, or any rule run
-    with `finish`), else the x0-prediction at the exit step (`exit_prediction`, `ground_truth`); cached: the latents written into the KV
-    cache, exactly as written (context noise included); grad_x0: the x0-prediction at the exit step (`grad_steps`),
+    with `finish`), else the x0-prediction at the exit step (`exit_prediction`, `ground_truth`); cached: the
+    latents written into the KV cache, exactly as written (context noise included); grad_x0: the x0-prediction at the exit step (`grad_steps`),
     carrying gradient when the rollout ran with grad enabled; grad_state: the noisy state x at that step (detached,
     for recomputing it later); sde_step: index of the SDE step in this chunk (-1 none); log_prob (B,) and
     sde_prev / sde_sample / sde_mean: the state, action and Gaussian mean of that step (for GRPO).

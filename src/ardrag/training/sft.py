@@ -43,7 +43,12 @@ from ardrag.training.dmd import (
     ode_regression_loss,
     teacher_ode_states,
 )
-from ardrag.training.self_rollout import backward_loss_through_rollout, sample_exit_steps, student_rollout
+from ardrag.training.self_rollout import (
+    StudentRollout,
+    backward_loss_through_rollout,
+    sample_exit_steps,
+    student_rollout,
+)
 
 
 @dataclass
@@ -227,19 +232,24 @@ class SFTModule(StageModule):
             return sample_exit_steps(1, self.rollout_cfg.schedule.steps, g) * n_chunks
         return sample_exit_steps(n_chunks, self.rollout_cfg.schedule.steps, g)
 
+    def _rollout(
+        self, student: Denoiser, x0: torch.Tensor, noise: torch.Tensor, g: torch.Generator
+    ) -> tuple[StudentRollout, torch.Tensor | None]:
+        """The training rollout (exit steps drawn here; the data latents passed when the cache rule needs them) and
+        the finished frames DMD scores under `dmd_sample: final` (None under 'exit')."""
+        final = self.student_cfg.dmd_sample == "final"
+        exits = self._exit_steps(x0.shape[2], g)
+        truth = x0 if self.rollout_cfg.cache_update == "ground_truth" else None
+        roll = student_rollout(student, noise, self.rollout_cfg, exits, g, truth, finish=final)
+        return roll, (roll.clean if final else None)
+
     def generator_step(
         self, x0: torch.Tensor, conds: Conditions, noise: torch.Tensor, g: torch.Generator
     ) -> tuple[dict, torch.Tensor]:
         """Self-Rollout + DMD: accumulates the student's gradient. Returns logs and the (detached) sample."""
         student, teacher, critic = self.denoisers(conds)
-        exits = self._exit_steps(x0.shape[2], g)
-        truth = x0 if self.rollout_cfg.cache_update == "ground_truth" else None
-        roll = student_rollout(
-            student, noise, self.rollout_cfg, exits, g, truth, finish=self.student_cfg.dmd_sample == "final"
-        )
+        roll, final = self._rollout(student, x0, noise, g)
         out = {}
-
-        final = roll.clean if self.student_cfg.dmd_sample == "final" else None
 
         def loss_fn(x: torch.Tensor) -> torch.Tensor:
             if (
@@ -258,7 +268,7 @@ class SFTModule(StageModule):
         if self.head is not None:
             logs["train/adversarial_generator"] = r.adversarial
         logs["train/grad_norm/generator"] = self._clip(self.student)
-        self._log_exit_steps(exits)
+        self._log_exit_steps(roll.exit_steps)
         return logs, (roll.x if final is None else final)  # the critic learns what DMD scores
 
     def critic_step(
@@ -272,11 +282,8 @@ class SFTModule(StageModule):
         """Flow matching of the critic on detached student samples (rolled out here unless `fake` is given)."""
         student, _, critic = self.denoisers(conds)
         if fake is None:
-            final = self.student_cfg.dmd_sample == "final"
-            exits = self._exit_steps(x0.shape[2], g)
-            truth = x0 if self.rollout_cfg.cache_update == "ground_truth" else None
-            roll = student_rollout(student, noise, self.rollout_cfg, exits, g, truth, finish=final)
-            fake = roll.clean if final else roll.x
+            roll, final = self._rollout(student, x0, noise, g)
+            fake = roll.x if final is None else final
         c = critic_loss(fake, critic, self.dmd_cfg, generator=g, head=self.head, x_real=x0)
         self._backward(c.loss)
         logs = {"train/critic": c.flow, "train/critic_total": c.loss.detach()}
